@@ -1,0 +1,1 @@
+"""bench/ is run as ``pytest bench/``; the plugin (bench.plugin) is registered as an entry point."""

@@ -1,0 +1,133 @@
+"""Measurements: latency (interleaved with a reference), throughput, accuracy, equivalence.
+
+Timing goes through pytest-benchmark's pedantic mode, so its JSON and compare tools keep working.
+The in-run reference (fp32 eager on the same device) is timed in pedantic's untimed ``setup``
+step, one call before every candidate call: both see the same machine state, which is what makes
+their ratio stable on a noisy, shared machine.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from .stats import latency_stats, pack_bits, wilson_interval
+
+
+@dataclass(frozen=True)
+class LatencySpec:
+    min_samples: int = 100
+    min_time_s: float = 2.0  # per item, candidate + reference
+    max_samples: int = 1000
+    warmup_min: int = 10
+    warmup_time_s: float = 0.5
+    warmup_max_time_s: float = 5.0
+
+
+def _timed(fn: Callable[[], Any], sync: Callable[[], None]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def warm_up(calls: list[Callable[[], Any]], sync, spec: LatencySpec) -> list[float]:
+    """Run each call until timings settle: at least ``warmup_min`` calls and ``warmup_time_s``, then
+    until the median of the last 5 is within 5% of the 5 before (CPU frequency, caches, cuDNN
+    autotuning and allocator growth all settle here). Returns each call's settled median (ms)."""
+    hist: list[list[float]] = [[] for _ in calls]
+    t_start = time.perf_counter()
+    while True:
+        for h, fn in zip(hist, calls):
+            h.append(_timed(fn, sync))
+        elapsed = time.perf_counter() - t_start
+        if len(hist[0]) >= max(spec.warmup_min, 10) and elapsed >= spec.warmup_time_s:
+            settled = all(abs(np.median(h[-5:]) / np.median(h[-10:-5]) - 1) < 0.05 for h in hist)
+            if settled or elapsed >= spec.warmup_max_time_s:
+                return [float(np.median(h[-5:])) for h in hist]
+
+
+def measure_latency(benchmark, run: Callable[[Any], Any], inputs: list[Any], sync: Callable[[], None],
+                    spec: LatencySpec, reference: Callable[[Any], Any] | None = None,
+                    ref_inputs: list[Any] | None = None) -> dict:
+    """Batch-1 latency samples (ms) of ``run`` and, interleaved, of ``reference``."""
+    n_in = len(inputs)
+    state = {"i": 0}
+    calls = [lambda: run(inputs[state["i"] % n_in])]
+    if reference is not None:
+        calls.append(lambda: reference(ref_inputs[state["i"] % n_in]))
+    settled = warm_up(calls, sync, spec)
+    per_round_ms = sum(settled)
+    rounds = int(min(spec.max_samples, max(spec.min_samples, math.ceil(spec.min_time_s * 1e3 / per_round_ms))))
+    ref_samples: list[float] = []
+
+    def setup():
+        # Untimed by pytest-benchmark: time the reference ourselves, then hand the next real image to run().
+        i = state["i"] = state["i"] + 1
+        if reference is not None:
+            ref_samples.append(_timed(lambda: reference(ref_inputs[i % n_in]), sync))
+        return (inputs[i % n_in],), {}
+
+    def target(x):
+        run(x)
+        sync()
+
+    benchmark.pedantic(target, setup=setup, rounds=rounds, iterations=1, warmup_rounds=0)
+    samples = [float(s) * 1e3 for s in benchmark.stats.stats.data]
+    out = {"samples_ms": [round(s, 5) for s in samples], **latency_stats(samples),
+           "warmup_settled_ms": round(settled[0], 5)}
+    if reference is not None:
+        ref = latency_stats(ref_samples)
+        out.update(reference_samples_ms=[round(s, 5) for s in ref_samples], reference_p50_ms=ref["p50_ms"],
+                   reference_cv=ref["cv"], ratio_to_reference=round(out["p50_ms"] / ref["p50_ms"], 5))
+    return out
+
+
+def measure_throughput(run: Callable[[Any], Any], batch: Any, batch_size: int, sync,
+                       min_time_s: float = 1.0, min_batches: int = 3) -> dict:
+    for _ in range(2):  # warm-up: allocator growth and kernel selection for this batch shape
+        run(batch)
+        sync()
+    n, t0 = 0, time.perf_counter()
+    while n < min_batches or time.perf_counter() - t0 < min_time_s:
+        run(batch)
+        sync()
+        n += 1
+    seconds = time.perf_counter() - t0
+    return {"batch_size": batch_size, "batches": n, "seconds": round(seconds, 4),
+            "img_s": round(batch_size * n / seconds, 3)}
+
+
+def accuracy_record(preds: np.ndarray, labels: np.ndarray, fp32_preds: np.ndarray | None,
+                    classes: tuple[str, ...]) -> dict:
+    correct = preds == labels
+    k, n = int(correct.sum()), int(len(labels))
+    lo, hi = wilson_interval(k, n)
+    per_class = {}
+    for ci, name in enumerate(classes):
+        mask = labels == ci
+        if mask.any():
+            per_class[name] = round(float(correct[mask].mean()), 6)
+    return {"top1": round(k / n, 6), "correct": k, "n": n, "ci95": [round(lo, 6), round(hi, 6)],
+            "agreement_with_fp32": None if fp32_preds is None else round(float((preds == fp32_preds).mean()), 6),
+            "per_class": per_class, "correct_b64": pack_bits(correct)}
+
+
+def equivalence_record(logits: np.ndarray, ref_logits: np.ndarray, kind: str, reference_id: str) -> dict:
+    """fp32: max |a-b| / max |ref| <= 1e-3. Float reassociation in fused or reordered kernels moves
+    ResNet18 logits by ~1e-6..1e-5 relative; a real bug (wrong weights, layout, preprocessing) moves
+    them by O(1). fp16: 2e-2 (10 mantissa bits over ~20 layers). int8: top-1 agreement >= 99%, since
+    two int8 implementations round differently and only decisions are comparable."""
+    agreement = float((logits.argmax(1) == ref_logits.argmax(1)).mean())
+    rel = float(np.abs(logits - ref_logits).max() / max(np.abs(ref_logits).max(), 1e-12))
+    finite = bool(np.isfinite(logits).all())
+    if kind == "int8":
+        passed, rule = agreement >= 0.99, "top-1 agreement >= 0.99"
+    else:
+        tol = 2e-2 if kind == "fp16" else 1e-3
+        passed, rule = rel <= tol, f"max relative error <= {tol:g}"
+    return {"reference": reference_id, "max_rel_error": round(rel, 8), "top1_agreement": round(agreement, 6),
+            "n": int(len(logits)), "rule": rule, "finite": finite, "passed": passed and finite}

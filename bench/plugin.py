@@ -1,0 +1,180 @@
+"""pytest plugin: ``pytest bench/ --device cpu|x86|arm|cuda``.
+
+Registered through the ``pytest11`` entry point; it only acts on tests that ask for the
+``bench_case`` fixture (the files in bench/), so other test suites are not slowed down.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from compress.errors import UserError
+
+from .options import add_options, read_options
+
+ROOT = Path(__file__).resolve().parent.parent
+_KEY = pytest.StashKey["BenchSession"]()
+_ERRORS = pytest.StashKey[dict]()
+
+# Which gate checks belong to which test function: each regression fails exactly one item.
+METRIC_CHECKS = {
+    "test_size": {"size", "baseline", "status"},
+    "test_accuracy": {"accuracy_stored", "accuracy_budget"},
+    "test_latency": {"latency_ratio", "latency_abs", "noisy", "baseline"},
+}
+
+
+def pytest_addoption(parser):
+    add_options(parser, ROOT)
+
+
+def _native_size(opts) -> tuple[int, int]:
+    from compress.cards import card_path_for, load_card
+    from compress.context import EMBEDDED_INPUT
+
+    if opts.card is not None:
+        return load_card(opts.card).input_size
+    if opts.checkpoint is not None:
+        path = card_path_for(opts.checkpoint)
+        if path.is_file():
+            return load_card(path).input_size
+        if not opts.checkpoint.exists():
+            raise UserError(f"checkpoint {opts.checkpoint} not found: pass --checkpoint PATH to a .pt/.pth or "
+                            f".safetensors file")
+        raise UserError(f"no model card for {opts.checkpoint}: put {path.name} beside it or pass --card PATH")
+    return EMBEDDED_INPUT
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    """Validate every option before anything runs: bad input is a usage error, not a red matrix."""
+    from .devices import resolve_device
+    from .session import BenchSession
+
+    opts = read_options(config)
+    try:
+        device = resolve_device(opts.device)
+        if opts.dataset != "digits" and opts.checkpoint is None:
+            raise UserError(f"--dataset {opts.dataset} needs --checkpoint PATH (the embedded model is for digits)")
+        if opts.dataset != "digits" and opts.data_root is None:
+            raise UserError(f"--dataset {opts.dataset} needs --data-root PATH")
+        if opts.update_baselines and not opts.gate:
+            raise UserError("--update-baselines and --no-gate contradict each other: drop one")
+        session = BenchSession(opts, device, ROOT, _native_size(opts))
+        session.plan()  # unknown variant / runtime names fail here
+    except UserError as e:
+        raise pytest.UsageError(str(e)) from None
+    config.stash[_KEY] = session
+    config.stash[_ERRORS] = {}
+
+
+def _session(config):
+    return config.stash.get(_KEY, None)
+
+
+def pytest_generate_tests(metafunc):
+    if "bench_case" not in metafunc.fixturenames:
+        return
+    from .session import shape_id
+
+    session = _session(metafunc.config)
+    params = []
+    for pc in session.plan():
+        marks = [pytest.mark.skip(reason=pc.skip_reason)] if pc.skip_reason else []
+        if pc.skip_reason:
+            session.record_skip(pc.case, pc.skip_reason)
+        params.append(pytest.param(pc.case, id=pc.case.id, marks=marks))
+    if "bench_shape" in metafunc.fixturenames:
+        # One item per (variant, runtime, device, shape): ids read int8-static-onnxruntime-x86-224x224.
+        metafunc.parametrize("bench_case,bench_shape",
+                             [pytest.param(p.values[0], s, id=f"{p.id}-{shape_id(s)}", marks=p.marks)
+                              for p in params for s in session.shapes])
+    else:
+        metafunc.parametrize("bench_case", params)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    bench_items = [i for i in items if "bench_case" in getattr(i, "fixturenames", ())]
+    if not bench_items:
+        return
+    try:
+        _session(config).open()  # build context: checkpoint, card, data; one-line error if any is bad
+    except UserError as e:
+        raise pytest.UsageError(str(e)) from None
+
+
+@pytest.fixture(scope="session")
+def bench(request):
+    return _session(request.config)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    case = getattr(item, "callspec", None) and item.callspec.params.get("bench_case")
+    if case is None or call.when != "call" or not report.failed:
+        return report
+    exc = call.excinfo
+    # Assertion failures are findings; anything else is an item that crashed: record its reason
+    # so the rest of the matrix still runs and the report shows it.
+    if exc is not None and not exc.errisinstance((AssertionError, pytest.fail.Exception)):
+        item.config.stash[_ERRORS][case.id] = f"{item.originalname}: {exc.typename}: {str(exc.value).splitlines()[0][:300] if str(exc.value) else ''}"
+    return report
+
+
+def gate_item(bench_session, case, test_name: str, shape=None) -> None:
+    """Compare what this item just measured with the baseline; fail the item on a regression."""
+    if not bench_session.opts.gate or bench_session.opts.update_baselines:
+        return
+    from .gate import check_item
+
+    results = bench_session.results()
+    same, other, why = bench_session.baseline_lookup(results)
+    item = bench_session.item(case)
+    # Judge only this test's metric (and shape): latency entries of other shapes are not ours.
+    view = dict(item, latency=[e for e in item["latency"] if shape is None or tuple(e["input_size"]) == tuple(shape)])
+    found = [f.to_dict() for f in check_item(view, results, same, other, bench_session.gate_config, why)]
+    mine = [f for f in found if f["check"] in METRIC_CHECKS[test_name]
+            and (test_name != "test_latency" or f["shape"] is not None)
+            and (test_name != "test_size" or f["check"] != "baseline" or f["shape"] is None)]
+    bench_session.findings += mine
+    regressions = [f["message"] for f in mine if f["verdict"] == "regression"]
+    new = [f for f in mine if f["verdict"] == "new"]
+    if regressions:
+        pytest.fail("\n".join(regressions), pytrace=False)
+    if new:
+        how = bench_session.opts.baseline_missing
+        msg = (f"{new[0]['message']}; record one with `pytest bench/ {bench_session.cli_args()} --update-baselines` "
+               f"(or --baseline-missing skip|record)")
+        if how == "fail":
+            pytest.fail(msg, pytrace=False)
+        if how == "skip":
+            pytest.skip(msg)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    bs = _session(session.config)
+    if bs is None or bs.ctx is None or not bs.items:
+        return
+    for case_id, reason in session.config.stash[_ERRORS].items():
+        if case_id in bs.items:
+            bs.items[case_id]["status"], bs.items[case_id]["reason"] = "error", reason
+    try:
+        bs.finish()
+    except UserError as e:
+        bs.summary_lines = [f"error: results not written: {e}"]
+        session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    bs = _session(config)
+    if bs is None or not bs.summary_lines:
+        return
+    tr = terminalreporter
+    tr.section("resnet18-bench")
+    for line in bs.summary_lines:
+        tr.write_line(line)
+
+
+__all__ = ["gate_item"]

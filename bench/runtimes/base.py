@@ -1,0 +1,104 @@
+"""What every runtime adapter provides: availability, support rules, and a loaded handle."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from compress.build import Artifact
+from compress.cards import ModelCard
+from compress.data import Split
+from compress.errors import UserError
+from compress.fsutil import atomic_write_json, sha256_file
+from compress.registry import Recipe
+
+from ..devices import Device
+
+
+@dataclass
+class LoadRequest:
+    """Everything an adapter may need to produce its deployable form of one variant."""
+    artifact: Artifact
+    recipe: Recipe
+    model: torch.nn.Module  # the eager model of this variant (the reference)
+    float_model: torch.nn.Module  # float model before quantization (== model for float variants)
+    card: ModelCard
+    device: Device
+    threads: int
+    calibration: Split  # the same train images the PyTorch int8 variant was calibrated on
+
+
+@dataclass
+class Handle:
+    runtime: str
+    prepare: Callable[[torch.Tensor], Any]  # normalized float NCHW -> the runtime's native input
+    run: Callable[[Any], Any]  # native input -> native output (not synchronized)
+    to_numpy: Callable[[Any], np.ndarray]  # native output -> float32 logits
+    path: Path | None  # the deployable file whose size is reported
+    info: dict = field(default_factory=dict)  # session options etc., recorded in the results
+
+    def logits(self, x: torch.Tensor) -> np.ndarray:
+        return self.to_numpy(self.run(self.prepare(x)))
+
+    @property
+    def size_bytes(self) -> int | None:
+        return self.path.stat().st_size if self.path is not None else None
+
+
+class Runtime:
+    name = "base"
+
+    def unavailable_reason(self, device: Device) -> str | None:
+        """Why this runtime cannot run on this host at all (missing package, provider); None if it can."""
+        return None
+
+    def unsupported_reason(self, recipe: Recipe, device: Device) -> str | None:
+        """Why this (variant, device) combination cannot exist in this runtime; None if it can."""
+        return None
+
+    def load(self, req: LoadRequest) -> Handle:
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------- runtime files beside the artifact
+def runtime_dir(art: Artifact) -> Path:
+    return art.dir / "runtime"
+
+
+def cached_file(art: Artifact, name: str, key: dict, make: Callable[[Path], None]) -> Path:
+    """A derived file (TorchScript, ONNX) kept beside the artifact, rebuilt when ``key`` changes and
+    used only while its sha256 matches the record: a swapped file is never loaded."""
+    from filelock import FileLock
+
+    d = runtime_dir(art)
+    d.mkdir(parents=True, exist_ok=True)
+    path, record = d / name, d / f"{name}.json"
+    key = {**key, "artifact_key": art.manifest["key"]}
+    with FileLock(str(path) + ".lock"):
+        try:
+            rec = json.loads(record.read_text())
+            if rec.get("key") == key and path.is_file() and sha256_file(path) == rec.get("sha256"):
+                return path
+        except (OSError, ValueError):
+            pass
+        tmp = d / f".{name}.tmp"
+        tmp.unlink(missing_ok=True)
+        try:
+            make(tmp)
+            tmp.replace(path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        atomic_write_json(record, {"key": key, "sha256": sha256_file(path)})
+    return path
+
+
+def verified(path: Path) -> Path:
+    rec = json.loads((path.parent / f"{path.name}.json").read_text())
+    if sha256_file(path) != rec["sha256"]:
+        raise UserError(f"{path} does not match its recorded sha256; delete {path.parent} and re-run")
+    return path

@@ -1,0 +1,135 @@
+"""ONNX Runtime: the float model exported to ONNX; int8 variants quantized by ONNX Runtime itself.
+
+ONNX Runtime cannot load torch.ao int8 modules, so an int8 variant is rebuilt here the way an
+ONNX deployment would make it: export the same float model the PyTorch variant started from,
+then ORT static quantization (QDQ, per-channel, S8S8) calibrated on the same train images.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from .base import Handle, LoadRequest, Runtime, cached_file, verified
+
+OPSET = 17
+
+
+def _ort():
+    import onnxruntime
+
+    return onnxruntime
+
+
+class OnnxRuntime(Runtime):
+    name = "onnxruntime"
+
+    def unavailable_reason(self, device):
+        try:
+            ort = _ort()
+        except ImportError:
+            return "onnxruntime is not installed (pip install onnxruntime, or the [gpu] extra for CUDA)"
+        if device.kind == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            return "onnxruntime has no CUDAExecutionProvider here: pip install 'resnet18-bench[gpu]' (onnxruntime-gpu)"
+        return None
+
+    def unsupported_reason(self, recipe, device):
+        if device.kind == "cuda" and recipe.kind == "int8":
+            return "ORT's CUDA provider has no int8 Conv kernels: QDQ int8 would run dequantized in fp32"
+        return None
+
+    def providers(self, device) -> list[str]:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.kind == "cuda" else ["CPUExecutionProvider"]
+
+    def load(self, req: LoadRequest) -> Handle:
+        ort = _ort()
+        params = req.recipe.params
+        kind = req.recipe.kind
+        dynamic = kind == "int8" and req.artifact.manifest["weights_format"] == "torch-int8-dynamic"
+        key = {"ort": ort.__version__, "torch": torch.__version__, "opset": OPSET, "kind": kind,
+               "dynamic": dynamic, "calibration": req.artifact.manifest.get("calibration")}
+
+        def export(tmp, model, dtype):
+            example = torch.zeros(1, 3, *req.card.input_size, dtype=dtype)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated but exact for CNNs
+                torch.onnx.export(model.cpu().to(dtype).eval(), (example,), str(tmp), opset_version=OPSET,
+                                  dynamo=False, input_names=["input"], output_names=["logits"],
+                                  dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"},
+                                                "logits": {0: "batch"}})
+            import onnx
+
+            onnx.checker.check_model(str(tmp))
+
+        def make(tmp):
+            if kind == "int8":
+                float_path = tmp.with_name(tmp.name + ".fp32.onnx")
+                export(float_path, req.float_model, torch.float32)
+                try:
+                    if dynamic:
+                        quantize_dynamic_onnx(float_path, tmp)
+                    else:
+                        quantize_static_onnx(float_path, tmp, req)
+                finally:
+                    float_path.unlink(missing_ok=True)
+            else:
+                export(tmp, req.model, torch.float16 if kind == "fp16" else torch.float32)
+
+        path = cached_file(req.artifact, f"model-{req.device.kind}.onnx", key, make)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = req.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(str(verified(path)), so, providers=self.providers(req.device))
+        in_dtype = np.float16 if kind == "fp16" else np.float32
+        info = {"providers": sess.get_providers(), "graph_optimization_level": "ORT_ENABLE_ALL",
+                "intra_op_threads": req.threads, "inter_op_threads": 1, "execution_mode": "sequential",
+                "opset": OPSET, "onnxruntime": ort.__version__,
+                "quantization": None if kind != "int8" else ("dynamic (MatMul/Gemm)" if dynamic else
+                                                             "static QDQ, per-channel, S8S8, MinMax calibration")}
+        name = sess.get_inputs()[0].name
+        return Handle(
+            self.name,
+            prepare=lambda x: np.ascontiguousarray(x.cpu().numpy().astype(in_dtype, copy=False)),
+            run=lambda x: sess.run(None, {name: x})[0],
+            to_numpy=lambda y: np.asarray(y, dtype=np.float32),
+            path=path, info=info)
+
+
+def quantize_static_onnx(src, dst, req: LoadRequest) -> None:
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    calib = req.calibration
+    card = req.card
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.i = 0
+
+        def get_next(self):
+            if self.i >= len(calib):
+                return None
+            x = card.normalize(calib.images[self.i:self.i + 32]).numpy()
+            self.i += 32
+            return {"input": x}
+
+    pre = dst.with_name(dst.name + ".pre.onnx")
+    try:
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
+    finally:
+        pre.unlink(missing_ok=True)
+
+
+def quantize_dynamic_onnx(src, dst) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # Mirror the PyTorch recipe: only the Linear layer (Gemm/MatMul) gets int8 weights.
+    quantize_dynamic(str(src), str(dst), op_types_to_quantize=["Gemm", "MatMul"], weight_type=QuantType.QInt8)

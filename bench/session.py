@@ -1,0 +1,354 @@
+"""One benchmark run: plans the (variant, runtime, device) matrix, builds and loads what the items
+need (lazily, once), measures, and assembles the results document.
+
+Knows nothing of pytest; ``plugin.py`` is the glue. Measuring lives here and in measure.py,
+comparing in gate.py, rendering in report.py: each reads only the results document.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from compress.build import Artifact, build_variant
+from compress.context import open_context
+from compress.errors import UserError
+from compress.registry import Recipe, get_recipe, list_variants
+
+from . import measure
+from .devices import Device, fingerprint, machine_info
+from .options import BenchOptions
+from .runtimes import RUNTIMES, Handle, LoadRequest
+
+SCHEMA_VERSION = 1
+REFERENCE = ("fp32", "eager")
+EVAL_BATCH = 256
+LATENCY_INPUTS = 16  # distinct real images cycled through during latency timing
+
+
+@dataclass(frozen=True)
+class Case:
+    variant: str
+    runtime: str
+    device: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.variant}-{self.runtime}-{self.device}"
+
+
+@dataclass(frozen=True)
+class PlannedCase:
+    case: Case
+    skip_reason: str | None
+
+
+def shape_id(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+class BenchSession:
+    def __init__(self, opts: BenchOptions, device: Device, root: Path, native_size: tuple[int, int]):
+        self.opts, self.device, self.root = opts, device, root
+        self.native_size = native_size
+        self.shapes = self._shapes()
+        self.ctx = None
+        self._artifacts: dict[str, Artifact] = {}
+        self._models: dict[str, torch.nn.Module] = {}
+        self._handles: dict[str, Handle] = {}
+        self._logits: dict[str, np.ndarray] = {}
+        self.items: dict[str, dict] = {}
+        self.skipped: list[dict] = []
+        self.findings: list[dict] = []
+        self.summary_lines: list[str] = []
+        self._baseline: tuple | None = None
+        from .config import load_gate_config
+
+        self.gate_config = load_gate_config()  # thresholds parse at start-up: a typo fails before any build
+        self.started_utc = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        torch.set_num_threads(opts.threads)
+
+    # ------------------------------------------------------------ planning (collection time)
+    def _shapes(self) -> list[tuple[int, int]]:
+        out = []
+        for s in self.opts.input_sizes:
+            size = self.native_size if s == "native" else (s, s)
+            if size not in out:
+                out.append(size)
+        return out
+
+    def runtime_names(self) -> list[str]:
+        if self.opts.runtimes is None:
+            return list(RUNTIMES)
+        unknown = [r for r in self.opts.runtimes if r not in RUNTIMES]
+        if unknown:
+            raise UserError(f"unknown runtime {unknown[0]!r}: choose from {', '.join(RUNTIMES)}")
+        return list(self.opts.runtimes)
+
+    def plan(self) -> list[PlannedCase]:
+        variants = list_variants(list(self.opts.variants))
+        runtimes = self.runtime_names()
+        # The in-run reference is always measured: every ratio and accuracy budget needs it.
+        if REFERENCE[0] not in variants:
+            variants.insert(0, REFERENCE[0])
+        if REFERENCE[1] not in runtimes:
+            runtimes.insert(0, REFERENCE[1])
+        out = []
+        for v in variants:
+            recipe = get_recipe(v)
+            for r in runtimes:
+                out.append(PlannedCase(Case(v, r, self.device.kind), self.skip_reason(recipe, r)))
+        return out
+
+    def skip_reason(self, recipe: Recipe, runtime: str) -> str | None:
+        rt = RUNTIMES[runtime]
+        if self.device.kind not in recipe.devices:
+            if recipe.kind == "fp16":
+                return "fp16 is a CUDA target: CPU runtimes here have no fast fp16 kernels"
+            return (f"{recipe.name} targets {'/'.join(recipe.devices)} "
+                    f"({recipe.params.get('backend', '')} backend), not {self.device.kind}").replace(" ()", "")
+        return rt.unavailable_reason(self.device) or rt.unsupported_reason(recipe, self.device)
+
+    def record_skip(self, case: Case, reason: str) -> None:
+        if not any(s["id"] == case.id for s in self.skipped):
+            self.skipped.append({"id": case.id, "variant": case.variant, "runtime": case.runtime,
+                                 "device": case.device, "reason": reason})
+
+    # ------------------------------------------------------------ building and loading (lazy)
+    def open(self) -> None:
+        if self.ctx is not None:
+            return
+        o = self.opts
+        self.ctx = open_context(o.dataset, o.data_root, o.checkpoint, o.card, o.cache_dir, o.artifact_dir,
+                                o.eval_samples, o.calib_samples, o.finetune_epochs, o.download,
+                                train_device="cuda" if self.device.kind == "cuda" else "cpu",
+                                log=lambda s: print(s, flush=True))
+        self.eval = self.ctx.dataset.eval_split(o.eval_samples)
+
+    def artifact(self, variant: str) -> Artifact:
+        if variant not in self._artifacts:
+            self.open()
+            self._artifacts[variant] = build_variant(variant, self.ctx, _models=self._models)
+        return self._artifacts[variant]
+
+    def model(self, variant: str) -> torch.nn.Module:
+        key = f"model:{variant}"
+        if key not in self._models:
+            self._models[key] = self.artifact(variant).load_model(self.ctx.card)
+        return self._models[key]
+
+    def handle(self, case: Case) -> Handle:
+        if case.id not in self._handles:
+            art = self.artifact(case.variant)
+            recipe = get_recipe(case.variant)
+            model = self.model(case.variant)
+            float_model = self.model(recipe.parent) if recipe.kind == "int8" else model
+            calib = self.ctx.dataset.calibration_split(min(self.ctx.calib_samples, len(self.ctx.dataset.train)))
+            req = LoadRequest(art, recipe, model, float_model, self.ctx.card, self.device, self.opts.threads, calib)
+            self._handles[case.id] = RUNTIMES[case.runtime].load(req)
+        return self._handles[case.id]
+
+    def item(self, case: Case) -> dict:
+        if case.id not in self.items:
+            self.items[case.id] = {"id": case.id, "variant": case.variant, "runtime": case.runtime,
+                                   "device": case.device, "status": "ok", "reason": None, "runtime_info": {},
+                                   "size_bytes": None, "equivalence": None, "accuracy": None,
+                                   "latency": [], "throughput": []}
+        return self.items[case.id]
+
+    # ------------------------------------------------------------ measurements
+    def logits(self, case: Case) -> np.ndarray:
+        """Logits of the whole eval split through this runtime (native input size)."""
+        if case.id not in self._logits:
+            h = self.handle(case)
+            out = []
+            for i in range(0, len(self.eval), EVAL_BATCH):
+                x = self.ctx.card.normalize(self.eval.images[i:i + EVAL_BATCH])
+                out.append(h.logits(x))
+            self._logits[case.id] = np.concatenate(out)
+        return self._logits[case.id]
+
+    def measure_size(self, case: Case) -> dict:
+        h = self.handle(case)
+        item = self.item(case)
+        item["runtime_info"] = h.info
+        item["size_bytes"] = h.size_bytes
+        m = self.artifact(case.variant).manifest
+        item["artifact"] = {"weights_bytes": m["size_bytes"], "weights_gzip_bytes": m["size_gzip_bytes"],
+                            "parameters": m["parameters"], "nonzero_parameters": m["nonzero_parameters"],
+                            "macs": m["macs"], "file": h.path.name if h.path else None}
+        return item
+
+    def measure_equivalence(self, case: Case) -> dict:
+        eager = Case(case.variant, "eager", case.device)
+        rec = measure.equivalence_record(self.logits(case), self.logits(eager), get_recipe(case.variant).kind,
+                                         eager.id)
+        self.item(case)["equivalence"] = rec
+        return rec
+
+    def measure_accuracy(self, case: Case) -> dict:
+        logits = self.logits(case)
+        if not np.isfinite(logits).all():
+            raise AssertionError(f"{case.id}: non-finite outputs (NaN or inf) on the eval set")
+        ref = Case(*REFERENCE, case.device)
+        fp32_preds = self.logits(ref).argmax(1)
+        rec = measure.accuracy_record(logits.argmax(1), self.eval.labels.numpy(), fp32_preds, self.ctx.dataset.classes)
+        self.item(case)["accuracy"] = rec
+        return rec
+
+    def latency_inputs(self, case: Case, size: tuple[int, int], batch: int = 1) -> list:
+        h = self.handle(case)
+        n = min(LATENCY_INPUTS, len(self.eval) // batch) or 1
+        x = self.ctx.card.normalize(self.eval.images[: n * batch], size)
+        return [h.prepare(x[i * batch:(i + 1) * batch]) for i in range(n)]
+
+    def measure_latency(self, case: Case, size: tuple[int, int], benchmark) -> dict:
+        h = self.handle(case)
+        ref_case = Case(*REFERENCE, case.device)
+        is_ref = case == ref_case
+        ref_h = None if is_ref else self.handle(ref_case)
+        spec = measure.LatencySpec(min_samples=self.opts.min_samples, min_time_s=self.opts.min_time_s)
+        rec = measure.measure_latency(
+            benchmark, h.run, self.latency_inputs(case, size), self.device.sync, spec,
+            reference=None if is_ref else ref_h.run,
+            ref_inputs=None if is_ref else self.latency_inputs(ref_case, size))
+        rec = {"input_size": list(size), "batch_size": 1, **rec, "reference_id": None if is_ref else ref_case.id}
+        if is_ref:
+            rec.update(reference_samples_ms=None, reference_p50_ms=rec["p50_ms"], ratio_to_reference=1.0)
+        item = self.item(case)
+        item["latency"] = [e for e in item["latency"] if e["input_size"] != list(size)] + [rec]
+        return rec
+
+    def measure_throughput(self, case: Case, size: tuple[int, int]) -> dict:
+        h = self.handle(case)
+        bs = max(self.opts.batch_sizes)
+        batch = self.latency_inputs(case, size, batch=bs)[0]
+        rec = {"input_size": list(size), **measure.measure_throughput(h.run, batch, bs, self.device.sync)}
+        item = self.item(case)
+        item["throughput"] = [e for e in item["throughput"] if e["input_size"] != list(size)] + [rec]
+        return rec
+
+    # ------------------------------------------------------------ the results document
+    def header(self) -> dict:
+        info = machine_info(self.device, self.opts.threads)
+        ds = self.ctx.dataset if self.ctx else None
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "resnet-bench-results",
+            "created_utc": self.started_utc,
+            "machine_info": info,
+            "fingerprint": fingerprint(self.device, info),
+            "versions": _versions(),
+            "commit_info": _commit_info(self.root),
+            "device": self.device.kind,
+            "dataset": {"id": ds.id if ds else None, "name": self.opts.dataset,
+                        "eval_samples": len(self.eval) if ds else None,
+                        "input_size": list(self.native_size), "source": ds.source if ds else None},
+            "checkpoint": {"sha256": self.ctx.checkpoint_sha256 if self.ctx else None,
+                           "source": self.ctx.checkpoint_label if self.ctx else None},
+            "options": {"threads": self.opts.threads, "batch_sizes": list(self.opts.batch_sizes),
+                        "input_sizes": [list(s) for s in self.shapes], "runtimes": self.runtime_names(),
+                        "variants": list(self.opts.variants), "min_samples": self.opts.min_samples,
+                        "min_time_s": self.opts.min_time_s, "calib_samples": self.opts.calib_samples},
+        }
+
+    def results(self) -> dict:
+        return {**self.header(), "items": list(self.items.values()), "skipped": list(self.skipped)}
+
+    # ------------------------------------------------------------ gate and output
+    def baseline_lookup(self, results: dict) -> tuple[dict | None, dict | None, str | None]:
+        """(entry for this fingerprint, entry from another machine, why none fits); read once per run."""
+        if self._baseline is None:
+            from .baselines import BaselineStore
+
+            same, other, notes = BaselineStore(self.opts.baseline_dir).lookup_with_notes(results)
+            self._baseline = (same, other, "; ".join(notes) or None)
+        return self._baseline
+
+    def cli_args(self) -> str:
+        o = self.opts
+        parts = [f"--device {o.device}"]
+        if o.dataset != "digits":
+            parts.append(f"--dataset {o.dataset}")
+        for flag, val in (("--data-root", o.data_root), ("--checkpoint", o.checkpoint), ("--card", o.card),
+                          ("--eval-samples", o.eval_samples)):
+            if val is not None:
+                parts.append(f"{flag} {val}")
+        if o.threads != (os.cpu_count() or 1):
+            parts.append(f"--threads {o.threads}")
+        return " ".join(parts)
+
+    def finish(self) -> dict:
+        """Write the results document (unique name + stable name), the gate block, baselines, report."""
+        from compress.fsutil import atomic_write_json
+
+        from .baselines import BaselineStore
+        from .gate import format_summary, run_gate
+        from .results import validate_results
+
+        results = self.results()
+        store = BaselineStore(self.opts.baseline_dir)
+        if self.opts.gate:
+            results["gate"] = run_gate(results, store, self.gate_config)
+        results = validate_results(results, "this run's results")
+        unique, stable = result_paths(self.opts.report_dir, self.opts.dataset, self.device.kind)
+        atomic_write_json(unique, results)
+        atomic_write_json(stable, results)
+        lines = [f"results: {stable} (this run: {unique})"]
+        if self.opts.gate:
+            lines += format_summary(results["gate"]["findings"]).splitlines()
+        record_new = self.opts.baseline_missing == "record" and self.opts.gate and any(
+            f["verdict"] == "new" for f in results["gate"]["findings"])
+        if self.opts.update_baselines or record_new:
+            changes = store.update(results)
+            lines.append(f"baselines: {store.path_for_results(results)}: "
+                         f"{len(changes)} change{'s' if len(changes) != 1 else ''}")
+            lines += [f"  {c}" for c in changes]
+        try:
+            from .report import render_report
+
+            lines.append(f"report: {render_report(results, self.opts.report_dir)}")
+        except UserError as e:
+            lines.append(f"report not written: {e}")
+        self.summary_lines = lines
+        return results
+
+
+def _versions() -> dict:
+    import torchvision
+
+    import bench
+
+    v = {"torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": np.__version__,
+         "bench": getattr(bench, "__version__", "0.1.0")}
+    for mod in ("onnxruntime", "onnx", "torch_pruning"):
+        try:
+            v[mod] = __import__(mod).__version__
+        except ImportError:
+            v[mod] = None
+    return v
+
+
+def _commit_info(root: Path) -> dict:
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+
+    try:
+        return {"id": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return {"id": None, "dirty": None}
+
+
+def result_paths(report_dir: Path, dataset: str, device: str) -> tuple[Path, Path]:
+    """(unique per-run file, stable name): two runs at once never write the same file."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    unique = report_dir / "results" / f"{dataset}-{device}-{stamp}-{os.getpid()}.json"
+    return unique, report_dir / f"{dataset}-{device}.json"
+
+
+__all__ = ["BenchSession", "Case", "PlannedCase", "shape_id", "result_paths"]

@@ -1,0 +1,166 @@
+"""Statistics for the benchmark gate: pure functions on plain arrays, no torch.
+
+Latency samples are right-skewed and occasionally hit by scheduler hiccups, so the gate
+compares medians and uses rank-based or resampling tests; means and t-tests are reported for
+context only.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+
+def _as_samples(samples_ms: Sequence[float], name: str = "samples_ms") -> np.ndarray:
+    arr = np.asarray(samples_ms, dtype=float)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D sequence")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or infinity")
+    return arr
+
+
+def latency_stats(samples_ms: Sequence[float]) -> dict[str, float]:
+    """Summary of one latency series with the key names of the results schema.
+
+    stdev is the sample standard deviation (ddof=1; 0 for a single sample) and cv = stdev/mean,
+    the noise measure pyperf warns on.
+    """
+    arr = _as_samples(samples_ms)
+    p50, p90, p99 = np.percentile(arr, [50, 90, 99])
+    mean = float(arr.mean())
+    stdev = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+    return {
+        "p50_ms": float(p50),
+        "p90_ms": float(p90),
+        "p99_ms": float(p99),
+        "min_ms": float(arr.min()),
+        "mean_ms": mean,
+        "stdev_ms": stdev,
+        "cv": stdev / mean if mean > 0 else 0.0,
+    }
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a proportion k/n.
+
+    Unlike the normal approximation it stays inside [0, 1] and is not degenerate at k=0 or k=n,
+    which is exactly where a good model's accuracy sits. n=0 gives the uninformative (0, 1).
+    """
+    if n < 0 or k < 0 or k > n:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    z2 = z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    # Exact ends: rounding would otherwise give 1e-17 or 0.9999999999 at the boundaries.
+    lo = 0.0 if k == 0 else max(0.0, centre - half)
+    hi = 1.0 if k == n else min(1.0, centre + half)
+    return lo, hi
+
+
+def _bool_mask(mask, name: str) -> np.ndarray:
+    arr = np.asarray(mask)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D")
+    if arr.dtype != bool:
+        if arr.size and not np.isin(arr, (0, 1)).all():
+            raise ValueError(f"{name} must be boolean")
+        arr = arr.astype(bool)
+    return arr
+
+
+def mcnemar_p(a_correct, b_correct) -> float:
+    """Exact two-sided McNemar test on paired per-image correctness.
+
+    Only the discordant images matter (a right and b wrong, or the reverse); under "same
+    accuracy" each discordant image is a fair coin, so the p-value is an exact binomial test.
+    No discordant pairs means no evidence of a difference: p = 1.
+    """
+    a = _bool_mask(a_correct, "a_correct")
+    b = _bool_mask(b_correct, "b_correct")
+    if a.shape != b.shape:
+        raise ValueError(f"masks differ in length: {a.size} vs {b.size}")
+    only_a = int(np.count_nonzero(a & ~b))
+    only_b = int(np.count_nonzero(~a & b))
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    from scipy.stats import binomtest  # lazy: scipy.stats costs ~0.7 s to import
+
+    return float(min(1.0, binomtest(min(only_a, only_b), n, 0.5).pvalue))
+
+
+def mann_whitney_p(a: Sequence[float], b: Sequence[float], alternative: str = "greater") -> float:
+    """Mann-Whitney U p-value; alternative="greater" asks whether a tends to be larger (slower).
+
+    Rank-based, so a few outliers from a noisy neighbour do not decide the verdict.
+    """
+    a_arr = _as_samples(a, "a")
+    b_arr = _as_samples(b, "b")
+    if alternative not in ("greater", "less", "two-sided"):
+        raise ValueError(f"alternative must be greater, less or two-sided, got {alternative!r}")
+    from scipy.stats import mannwhitneyu  # lazy, see mcnemar_p
+
+    return float(mannwhitneyu(a_arr, b_arr, alternative=alternative).pvalue)
+
+
+def bootstrap_ratio_ci(
+    a: Sequence[float],
+    b: Sequence[float],
+    stat: Callable[..., np.ndarray] = np.median,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval for stat(a)/stat(b), resampling a and b independently.
+
+    Deterministic for a given seed so that a re-run of the gate gives the same verdict.
+    ``stat`` must accept ``axis=`` (np.median, np.mean, ...): all resamples are drawn at once.
+    """
+    a_arr = _as_samples(a, "a")
+    b_arr = _as_samples(b, "b")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be positive, got {n_boot}")
+    rng = np.random.default_rng(seed)
+    a_boot = stat(a_arr[rng.integers(0, a_arr.size, (n_boot, a_arr.size))], axis=1)
+    b_boot = stat(b_arr[rng.integers(0, b_arr.size, (n_boot, b_arr.size))], axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = a_boot / b_boot
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(ratios, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def pack_bits(mask) -> str:
+    """Per-image correctness as base64 of numpy.packbits(bitorder="little").
+
+    360 images -> 60 characters: small enough to keep in every results file.
+    """
+    arr = _bool_mask(mask, "mask")
+    return base64.b64encode(np.packbits(arr, bitorder="little").tobytes()).decode("ascii")
+
+
+def unpack_bits(s: str, n: int) -> np.ndarray:
+    """Inverse of pack_bits; raises ValueError when ``s`` is not base64 of exactly n bits."""
+    if not isinstance(s, str):
+        raise TypeError("expected a base64 string")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    try:
+        raw = base64.b64decode(s.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError) as err:
+        raise ValueError(f"not valid base64 ({err})") from None
+    if len(raw) != (n + 7) // 8:
+        raise ValueError(f"holds {len(raw)} bytes, {n} bits need {(n + 7) // 8}")
+    bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), bitorder="little")
+    if bits[n:].any():
+        raise ValueError("padding bits after the last image are set")
+    return bits[:n].astype(bool)

@@ -1,0 +1,102 @@
+"""Resolve user options (dataset, data root, checkpoint, card) into a ready BuildContext.
+
+With ``--dataset digits`` and no checkpoint, the embedded default model is used: trained by
+``compress.train`` on first use (about a minute on 2 cores) and cached, so a fresh machine with
+no network and no data files runs end to end.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+from .build import BuildContext
+from .cards import ModelCard, card_from_dict, card_path_for, load_card
+from .data import Dataset, default_cache_dir, load_digits, load_dataset
+from .errors import UserError
+from .fsutil import atomic_write_bytes, atomic_write_json, sha256_file
+from .models import build_model, load_model
+from .train import TrainConfig, train
+
+EMBEDDED_VERSION = 1
+EMBEDDED_INPUT = (32, 32)
+EMBEDDED_TRAIN = TrainConfig(epochs=12, batch_size=64, lr=0.05, seed=0, augment=False)
+
+
+def embedded_checkpoint(cache_dir: Path | None = None, log=print) -> Path:
+    """The digits ResNet18: trained once, then read from the cache (safetensors + card)."""
+    from filelock import FileLock
+    from safetensors.torch import save
+
+    root = (cache_dir or default_cache_dir()) / "models"
+    ckpt = root / f"resnet18-digits-v{EMBEDDED_VERSION}.safetensors"
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(ckpt) + ".lock"):
+        if ckpt.is_file() and card_path_for(ckpt).is_file():
+            return ckpt
+        ds = load_digits(EMBEDDED_INPUT)
+        x = ds.train.images.float() / 255.0
+        mean = [round(float(x.mean()), 4)] * 3  # grayscale replicated to RGB: one statistic per channel
+        std = [round(float(x.std()), 4)] * 3
+        card = card_from_dict({
+            "architecture": "torchvision.models.resnet18", "architecture_kwargs": {"num_classes": 10},
+            "input_size": list(EMBEDDED_INPUT), "mean": mean, "std": std, "classes": list(ds.classes)}, "embedded")
+        log(f"training the embedded digits model ({len(ds.train)} images, {EMBEDDED_TRAIN.epochs} epochs); "
+            f"cached in {root}")
+        model = build_model(card)
+        summary = train(model, ds.train, card, EMBEDDED_TRAIN, log=log)
+        from .evaluate import predict, top1
+
+        acc = top1(predict(model, ds.test, card), ds.test.labels)
+        log(f"embedded model: top-1 {acc:.2%} on the digits test split, trained in {summary['seconds']:.0f}s")
+        card_json = card.to_json() | {
+            "file": ckpt.name, "format": "safetensors state_dict (float32)",
+            "trained_on": f"{ds.id} train split ({len(ds.train)} images)",
+            "training": summary, "metrics": {"top1_digits_test": round(acc, 4), "measured_with": "compress.train"}}
+        atomic_write_bytes(ckpt, save({k: v.contiguous() for k, v in model.state_dict().items()}))
+        atomic_write_json(card_path_for(ckpt), card_json | {"sha256": sha256_file(ckpt)})
+    return ckpt
+
+
+def check_classes(card: ModelCard, ds: Dataset) -> None:
+    if card.num_classes != len(ds.classes):
+        raise UserError(f"the model card has {card.num_classes} classes but dataset {ds.name} has {len(ds.classes)} "
+                        f"({', '.join(ds.classes[:5])}{', ...' if len(ds.classes) > 5 else ''}): "
+                        f"use a checkpoint trained on this data")
+    if tuple(card.classes) != tuple(ds.classes):
+        diff = next(i for i, (a, b) in enumerate(zip(card.classes, ds.classes)) if a != b)
+        raise UserError(f"class {diff} is {card.classes[diff]!r} in the model card but {ds.classes[diff]!r} in the "
+                        f"dataset: class order must match the checkpoint's output order")
+
+
+def open_context(dataset: str = "digits", data_root: str | Path | None = None, checkpoint: str | Path | None = None,
+                 card: str | Path | None = None, cache_dir: Path | None = None, artifact_dir: Path | None = None,
+                 eval_samples: int | None = None, calib_samples: int = 512, finetune_epochs: float | None = None,
+                 download: bool = False, train_device: str = "cpu", log=print) -> BuildContext:
+    if checkpoint is None:
+        if dataset != "digits":
+            raise UserError(f"--dataset {dataset} needs --checkpoint PATH (the embedded model is for digits only)")
+        checkpoint, label = embedded_checkpoint(cache_dir, log), "embedded digits model"
+    else:
+        label = str(checkpoint)
+    checkpoint = Path(checkpoint)
+    model_card = load_card(card or card_path_for(checkpoint)) if (card or card_path_for(checkpoint).is_file()) \
+        else _missing_card(checkpoint)
+    model = load_model(checkpoint, model_card)
+    ds = load_dataset(dataset, model_card.input_size, data_root, cache_dir, download)
+    check_classes(model_card, ds)
+    if eval_samples is not None:
+        ds.eval_split(eval_samples)  # validate early: a bad value fails before any build starts
+    return BuildContext(
+        card=model_card, base_model=model, checkpoint_sha256=sha256_file(checkpoint), checkpoint_label=label,
+        dataset=ds, artifact_root=artifact_dir or (cache_dir or default_cache_dir()) / "artifacts",
+        eval_samples=eval_samples, calib_samples=calib_samples, finetune_epochs=finetune_epochs,
+        train_device=train_device, log=log)
+
+
+def _missing_card(checkpoint: Path) -> ModelCard:
+    if not checkpoint.exists():
+        raise UserError(f"checkpoint {checkpoint} not found: pass --checkpoint PATH to a .pt/.pth or .safetensors file")
+    raise UserError(f"no model card for {checkpoint}: put {card_path_for(checkpoint).name} beside it "
+                    f"(architecture, input_size, mean, std, classes) or pass --card PATH")
+
+

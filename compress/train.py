@@ -1,0 +1,116 @@
+"""Train or fine-tune on a uint8 split (CPU or CUDA; bf16 autocast on CUDA), seeded."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .cards import ModelCard
+from .data import Split
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: float = 10.0  # fractional epochs make short fine-tunes expressible
+    batch_size: int = 128
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    warmup_fraction: float = 0.15
+    augment: bool = True
+    distill_weight: float = 0.0  # > 0: also match a teacher's soft outputs (fine-tune after pruning)
+    temperature: float = 4.0
+    seed: int = 0
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Reflect-pad 4 + random crop + horizontal flip, on a uint8 batch."""
+    n, _, h, w = x.shape
+    padded = F.pad(x.float(), (4, 4, 4, 4), mode="reflect")
+    dx, dy = torch.randint(0, 9, (2,), generator=gen).tolist()
+    out = padded[:, :, dy:dy + h, dx:dx + w]
+    flip = torch.rand(n, generator=gen) < 0.5
+    out[flip] = out[flip].flip(-1)
+    return out
+
+
+def train(model: torch.nn.Module, data: Split, card: ModelCard, cfg: TrainConfig,
+          device: str = "cpu", teacher: torch.nn.Module | None = None, log=print) -> dict:
+    """Train in place; returns a summary (seconds, steps, final loss) for the manifest."""
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model.to(device).train()
+    if teacher is not None:
+        teacher.to(device).eval()
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
+                           {"params": no_decay, "weight_decay": 0.0}],
+                          lr=cfg.lr, momentum=0.9, nesterov=True)
+    n = len(data)
+    steps_per_epoch = max(1, n // cfg.batch_size)
+    total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    warm = max(1, int(cfg.warmup_fraction * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / (total - warm)))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else _null()
+    t0, step, loss_v = time.perf_counter(), 0, float("nan")
+    while step < total:
+        perm = torch.randperm(n, generator=gen)
+        for i in range(steps_per_epoch):
+            if step >= total:
+                break
+            idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            xb = data.images[idx]
+            xb = _augment(xb, gen) if cfg.augment else xb.float()
+            x = card.normalize(xb).to(device)  # normalize() takes any 0..255 tensor
+            y = data.labels[idx].to(device)
+            with autocast:
+                logits = model(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                if teacher is not None and cfg.distill_weight > 0:
+                    with torch.no_grad():
+                        t_logits = teacher(x)
+                    T = cfg.temperature
+                    kd = F.kl_div(F.log_softmax(logits / T, 1), F.log_softmax(t_logits / T, 1),
+                                  reduction="batchmean", log_target=True) * T * T
+                    loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * kd
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            loss_v = float(loss.detach())
+            if step % max(1, total // 5) == 0:
+                log(f"  step {step}/{total}  loss {loss_v:.3f}  {time.perf_counter() - t0:.0f}s")
+    model.eval().cpu()
+    return {"seconds": round(time.perf_counter() - t0, 1), "steps": total, "epochs": cfg.epochs,
+            "final_loss": round(loss_v, 4), "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed,
+            "distill_weight": cfg.distill_weight}
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+@torch.no_grad()
+def recalibrate_bn(model: torch.nn.Module, data: Split, card: ModelCard, batches: int = 20, batch_size: int = 128) -> None:
+    """Re-estimate BatchNorm statistics after pruning changed the activations."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches seen
+    model.train()
+    for i in range(batches):
+        sl = slice(i * batch_size, (i + 1) * batch_size)
+        if sl.start >= len(data):
+            break
+        model(card.normalize(data.images[sl]))
+    model.eval()

@@ -1,0 +1,375 @@
+"""bench/report.py and `python -m bench report`: golden files, the rules, merge, claims, CLI.
+
+Regenerate the golden markdown after an intended change with
+    UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_report.py
+and review the diff like code: every changed number must have a reason.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import report
+from bench.__main__ import main
+from bench.results import validate_results
+from compress.errors import UserError
+
+DATA = Path(__file__).parent / "data" / "report"
+REPO = Path(__file__).resolve().parents[1]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+UPDATE_GOLDEN = os.environ.get("UPDATE_GOLDEN") == "1"
+
+
+def load(name: str) -> dict:
+    return json.loads((DATA / name).read_text(encoding="utf-8"))
+
+
+@pytest.fixture
+def x86() -> dict:
+    return load("results-x86.json")
+
+
+@pytest.fixture
+def rpi() -> dict:
+    return load("results-rpi.json")
+
+
+def item(results: dict, item_id: str) -> dict:
+    return next(it for it in results["items"] if it["id"] == item_id)
+
+
+def check_golden(text: str, name: str) -> None:
+    golden = DATA / name
+    if UPDATE_GOLDEN:
+        golden.write_text(text, encoding="utf-8")
+    assert golden.exists(), f"{golden} missing: run with UPDATE_GOLDEN=1 to create it"
+    assert text == golden.read_text(encoding="utf-8"), f"{name} differs; if intended, rerun with UPDATE_GOLDEN=1"
+
+
+def table_rows(markdown: str, first_cell: str) -> list[list[str]]:
+    """Cells of the markdown table rows whose first cell is ``first_cell``."""
+    rows = []
+    for line in markdown.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0] == first_cell:
+            rows.append(cells)
+    return rows
+
+
+# --- fixtures follow the schema -------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["results-x86.json", "results-rpi.json"])
+def test_fixtures_are_valid_results(name):
+    validate_results(load(name), name)
+
+
+# --- golden files ---------------------------------------------------------------------------
+
+def test_render_matches_golden(x86, tmp_path):
+    md_path = report.render_report(x86, tmp_path)
+    assert md_path == tmp_path / "cifar10-x86.md"
+    check_golden(md_path.read_text(encoding="utf-8"), "cifar10-x86.golden.md")
+
+
+def test_merge_with_claims_matches_golden(x86, rpi):
+    check_golden(report.merge([x86, rpi], claims=True), "merge-x86-rpi-claims.golden.md")
+
+
+def test_render_is_byte_identical_across_runs(x86, tmp_path):
+    first = report.render_report(x86, tmp_path / "a")
+    second = report.render_report(x86, tmp_path / "b")
+    assert first.read_bytes() == second.read_bytes()
+    pngs_a = sorted((tmp_path / "a" / "cifar10-x86-plots").iterdir())
+    pngs_b = sorted((tmp_path / "b" / "cifar10-x86-plots").iterdir())
+    assert [p.name for p in pngs_a] == [p.name for p in pngs_b]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(pngs_a, pngs_b))
+
+
+def test_environment_block_comes_from_the_results(x86):
+    text = report.render_markdown(x86)
+    env = text.split("## Environment")[1].split("##")[0]
+    for expected in ("AMD EPYC 9R14", "x86_64", "2 cores", "2 threads", "GPU: none", "torch 2.14.1",
+                     "onnxruntime 1.32.0", "3c1f9a2b7d4e", "cifar10-jpeg-5d1e0c2a", "10000 eval samples",
+                     "9f2c4e7a1b3d", "2026-11-30T03:00:00Z"):
+        assert expected in env
+
+
+# --- plots ----------------------------------------------------------------------------------
+
+def test_plots_are_valid_pngs_referenced_relatively(x86, tmp_path):
+    md_path = report.render_report(x86, tmp_path)
+    refs = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md_path.read_text(encoding="utf-8"))
+    assert len(refs) == 4  # accuracy-vs-latency and latency boxes, at 32x32 and 224x224
+    for ref in refs:
+        assert not Path(ref).is_absolute()
+        png = (md_path.parent / ref).read_bytes()
+        assert png.startswith(PNG_SIGNATURE)
+        assert b"Matplotlib" not in png  # no version string: stable bytes across upgrades of nothing else
+
+
+def test_pareto_front():
+    # (latency, accuracy): the slow-and-worse point (3) and the tie-but-worse point (1) are dominated.
+    points = [(5.0, 83.3), (5.0, 82.0), (12.0, 84.0), (20.0, 83.0), (3.0, 80.0)]
+    assert report.pareto_front(points) == [4, 0, 2]
+
+
+# --- the rules ------------------------------------------------------------------------------
+
+def test_good_for_rule_on_fixture(x86):
+    assert report.good_for(x86) == {
+        "fp32-eager-x86": ["reference"],
+        "fp32-onnxruntime-x86": ["fastest at 32x32"],
+        # gzip size is smaller while the raw file is not: zeroed weights in dense tensors
+        "prune-l1-20-eager-x86": ["no gain: masks keep tensors dense"],
+        "prune-l1-20-onnxruntime-x86": ["no gain: same size and speed as fp32"],
+        "int8-dynamic-eager-x86": ["no gain: same size and speed as fp32"],
+        "int8-static-eager-x86": ["accuracy loss: check before shipping"],
+        "int8-static-onnxruntime-x86": ["smallest within budget", "fastest at 224x224"],
+    }
+
+
+def test_good_for_follows_the_numbers(x86):
+    # Make the pruned eager file really smaller and faster: it gains, so "no gain" must go.
+    pruned = item(x86, "prune-l1-20-eager-x86")
+    pruned["size_bytes"] = pruned["size_bytes"] // 2
+    for lat in pruned["latency"]:
+        lat["p50_ms"] *= 0.5
+    tags = report.good_for(x86)
+    assert not any(t.startswith("no gain") for t in tags["prune-l1-20-eager-x86"])
+    # Lowering the budget below int8-static-onnxruntime's drop (0.69 pp) takes its tags away.
+    tags = report.good_for(x86, budget_pp=0.5)
+    assert tags["int8-static-onnxruntime-x86"] == ["accuracy loss: check before shipping"]
+
+
+def test_recommendation_picks_fastest_within_budget(x86):
+    rec = report.recommend(x86, "224x224")
+    assert rec.item_id == "int8-static-onnxruntime-x86"  # int8-static eager is slower and out of budget anyway
+    assert rec.budget_pp == 1.0
+    # Out of budget, the next fastest within budget wins.
+    rec = report.recommend(x86, "224x224", budget_pp=0.5)
+    lat = report.latency_frame(x86)
+    b1 = lat[(lat["batch_size"] == 1) & (lat["input_size"] == "224x224")
+             & lat["id"].isin(["fp32-onnxruntime-x86", "prune-l1-20-onnxruntime-x86"])]
+    assert rec.item_id == b1.sort_values("p50_ms")["id"].iloc[0]
+
+
+def test_recommendation_excludes_the_faster_item_beyond_budget(x86):
+    # Make int8-static eager the fastest at 224x224: with its -1.36 pp drop it must still not win.
+    for lat in item(x86, "int8-static-eager-x86")["latency"]:
+        lat["p50_ms"] = lat["p90_ms"] = 0.01
+    assert report.recommend(x86, "224x224").item_id == "int8-static-onnxruntime-x86"
+
+
+def test_budget_comes_from_the_gate(x86):
+    assert report.accuracy_budget(x86) == (1.0, "the gate's accuracy check")
+    x86["gate"]["findings"][0]["limit"] = 0.5
+    assert report.accuracy_budget(x86)[0] == 0.5
+    assert report.recommend(x86, "224x224").item_id != "int8-static-onnxruntime-x86"
+    del x86["gate"]
+    assert report.accuracy_budget(x86) == (report.DEFAULT_BUDGET_PP, "default")
+
+
+def test_no_recommendation_without_fp32_eager(x86):
+    item(x86, "fp32-eager-x86")["status"] = "error"
+    item(x86, "fp32-eager-x86")["reason"] = "out of memory"
+    rec = report.recommend(x86, "224x224")
+    assert rec.item_id is None and "fp32-eager was not measured" in rec.why_none
+    assert "no recommendation" in report.render_markdown(x86)
+
+
+def test_summary_numbers_come_from_the_results(x86):
+    df = report.summary_frame(x86).set_index("id")
+    it = item(x86, "int8-static-onnxruntime-x86")
+    b1_224 = next(lat for lat in it["latency"] if lat["input_size"] == [224, 224] and lat["batch_size"] == 1)
+    row = df.loc["int8-static-onnxruntime-x86"]
+    assert row["size_mb"] == it["size_bytes"] / 1e6
+    assert row["p50_ms@224x224"] == b1_224["p50_ms"]
+    assert row["speedup@224x224"] == pytest.approx(1 / b1_224["ratio_to_reference"])
+    fp32_top1 = item(x86, "fp32-eager-x86")["accuracy"]["top1"]
+    assert row["delta_pp"] == pytest.approx((it["accuracy"]["top1"] - fp32_top1) * 100)
+    assert row["img_s@224x224/b32"] == it["throughput"][-1]["img_s"]
+
+
+def test_skipped_and_errored_items_are_listed_with_reasons(x86):
+    text = report.render_markdown(x86)
+    section = text.split("## Skipped and errored items")[1].split("##")[0]
+    assert "int8-dynamic-onnxruntime-x86" in section and "no ONNX symbolic" in section
+    assert "fp16-eager-x86" in section and "not a deployment target" in section
+
+
+def test_noisy_samples_are_warned(x86):
+    text = report.render_markdown(x86)
+    section = text.split("## Noisy samples")[1].split("##")[0]
+    assert "WARNING: `int8-dynamic-eager-x86` at 32x32 batch 1 may be unstable" in section
+    assert "(noisy)" in text.split("## Summary")[1].split("##")[0]
+
+
+def test_gate_verdicts_regressions_first(x86):
+    gate = report.gate_frame(x86)
+    assert gate["verdict"].tolist()[0] == "regression"
+    assert gate["verdict_text"].tolist()[0] == "1.31x slower"
+    text = report.render_markdown(x86)
+    rows = table_rows(text, "int8-static-onnxruntime-x86")
+    assert any("1.31x slower" in r for r in rows)
+
+
+def test_gate_not_run(rpi):
+    assert report.gate_frame(rpi) is None
+    assert "Gate not run" in report.render_markdown(rpi)
+
+
+def test_pipes_in_messages_do_not_break_tables(x86):
+    x86["gate"]["findings"][0]["message"] = "a | b"
+    assert "a \\| b" in report.render_markdown(x86)
+
+
+# --- merge ----------------------------------------------------------------------------------
+
+def test_merge_has_a_column_per_device(x86, rpi):
+    text = report.merge([x86, rpi])
+    header = next(line for line in text.splitlines() if line.startswith("| Variant"))
+    assert "x86 · AMD EPYC 9R14 · threads=2" in header and "rpi · Cortex-A76 · threads=4" in header
+    assert "CLAIM" not in text
+    fp32 = table_rows(text, "fp32")
+    assert any("143.56" in " ".join(r) for r in fp32)  # rpi's fp32 eager p50 at 224x224
+
+
+def test_merge_same_device_different_threads_is_distinguishable(x86):
+    four = copy.deepcopy(x86)
+    four["fingerprint"] = "x86|AMD EPYC 9R14|threads=4"
+    four["options"]["threads"] = four["machine_info"]["threads"] = 4
+    assert report.run_labels([x86, four]) == ["x86 · AMD EPYC 9R14 · threads=2", "x86 · AMD EPYC 9R14 · threads=4"]
+    text = report.merge([x86, four])
+    assert "threads=2" in text and "threads=4" in text
+
+
+def test_merge_identical_fingerprints_get_distinct_labels(x86):
+    again = copy.deepcopy(x86)
+    again["created_utc"] = "2026-12-01T03:00:00Z"
+    labels = report.run_labels([x86, again, copy.deepcopy(again)])
+    assert len(set(labels)) == 3
+
+
+@pytest.mark.parametrize("field", ["dataset", "checkpoint"])
+def test_merge_refuses_different_dataset_or_checkpoint(x86, rpi, field):
+    if field == "dataset":
+        rpi["dataset"]["id"] = "cifar10-jpeg-00000000"
+    else:
+        rpi["checkpoint"]["sha256"] = "0" * 64
+    with pytest.raises(UserError, match="different datasets or checkpoints.*--allow-mixed"):
+        report.merge([x86, rpi])
+    text = report.merge([x86, rpi], allow_mixed=True)
+    assert "WARNING: these runs used different datasets or checkpoints" in text
+    assert text.count("\n## Dataset ") == 2
+
+
+def test_merge_of_nothing_is_an_error():
+    with pytest.raises(UserError):
+        report.merge([])
+
+
+# --- claims ---------------------------------------------------------------------------------
+
+def test_claims_are_data_with_a_source():
+    assert [(c["variant"], c["size_mb"], c["top1_pct"], c["latency_ms"]) for c in report.TUTORIAL_CLAIMS] == [
+        ("fp32", 44.7, 92.0, 15.0), ("prune-l1-20", 35.8, 91.5, 12.0), ("int8-dynamic", 8.4, 90.8, 8.0)]
+    assert "../shared/seed/" in report.TUTORIAL_CLAIMS_SOURCE
+
+
+def test_claims_section_labels_claims_beside_measurements(x86, rpi):
+    text = report.merge([x86, rpi], claims=True)
+    section = text.split("## Tutorial claims vs our measurements")[1]
+    assert "CLAIMS, not measurements" in section and "RTX 3090" in section
+    claimed = {r[0]: r for r in table_rows(section, "fp32") + table_rows(section, "prune-l1-20")
+               + table_rows(section, "int8-dynamic") if r[1].startswith("CLAIM")}
+    assert claimed["fp32"][2:4] == ["44.7", "92.0"] and claimed["fp32"][5] == "15"
+    assert claimed["prune-l1-20"][2:4] == ["35.8", "91.5"] and claimed["prune-l1-20"][5] == "12"
+    assert claimed["int8-dynamic"][2:4] == ["8.4", "90.8"] and claimed["int8-dynamic"][5] == "8"
+    measured = [r for r in table_rows(section, "prune-l1-20") if r[1].startswith("measured: x86")]
+    assert measured and "gzip 37.12" in measured[0][2]  # size_gzip_bytes is shown when present
+
+
+def test_claim_explanations_triggered_by_rule(x86):
+    said = report.claim_explanations(x86, "x86")
+    assert "tensors stay dense, so the file does not shrink" in said["size:prune-l1-20"]
+    assert "gzip size shows the sparsity" in said["size:prune-l1-20"]
+    assert "cannot shrink to 8.4 MB" in said["size:int8-dynamic"]
+    assert "5,130 parameters of about 11.2 M" in said["size:int8-dynamic"]  # from per_class count and file size
+    assert "83.98%" in said["accuracy"] and "compare the change vs fp32" in said["accuracy"]
+    assert "RTX 3090" in said["latency:x86"]
+    assert "no speedup" in said["speed:prune-l1-20:x86"]
+
+
+def test_claim_explanations_stay_silent_when_the_numbers_agree(x86):
+    fp32_bytes = item(x86, "fp32-eager-x86")["size_bytes"]
+    item(x86, "prune-l1-20-eager-x86")["size_bytes"] = int(fp32_bytes * 0.8)
+    item(x86, "int8-dynamic-eager-x86")["size_bytes"] = int(fp32_bytes * 0.2)
+    for it in x86["items"]:
+        if it["status"] == "ok":
+            it["accuracy"]["top1"] += 0.081  # fp32 now scores 92.08%: same level as the tutorial's 92.0%
+    said = report.claim_explanations(x86, "x86")
+    assert not {"size:prune-l1-20", "size:int8-dynamic", "accuracy"} & set(said)
+
+
+def test_claim_speed_sentence_ignores_noisy_timings(x86):
+    for lat in item(x86, "prune-l1-20-eager-x86")["latency"]:
+        lat["cv"] = 0.5
+    assert "speed:prune-l1-20:x86" not in report.claim_explanations(x86, "x86")
+
+
+# --- CLI ------------------------------------------------------------------------------------
+
+def test_cli_render(tmp_path, capsys):
+    assert main(["report", "render", str(DATA / "results-x86.json"), "-o", str(tmp_path)]) == 0
+    assert (tmp_path / "cifar10-x86.md").exists()
+    assert str(tmp_path / "cifar10-x86.md") in capsys.readouterr().out
+
+
+def test_cli_merge_with_claims(tmp_path):
+    out = tmp_path / "docs" / "RESULTS.md"
+    argv = ["report", "merge", str(DATA / "results-x86.json"), str(DATA / "results-rpi.json"), "-o", str(out),
+            "--claims"]
+    assert main(argv) == 0
+    assert "Tutorial claims vs our measurements" in out.read_text(encoding="utf-8")
+    assert [p.name for p in out.parent.iterdir()] == ["RESULTS.md"]  # no temporary file left behind
+
+
+def test_cli_missing_file_exits_2(tmp_path, capsys):
+    assert main(["report", "render", str(tmp_path / "nope.json"), "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_mixed_refused_then_allowed(tmp_path, capsys):
+    other = load("results-rpi.json")
+    other["checkpoint"]["sha256"] = "0" * 64
+    (tmp_path / "other.json").write_text(json.dumps(other), encoding="utf-8")
+    out = tmp_path / "RESULTS.md"
+    argv = ["report", "merge", str(DATA / "results-x86.json"), str(tmp_path / "other.json"), "-o", str(out)]
+    assert main(argv) == 2
+    assert "error: " in capsys.readouterr().err and not out.exists()
+    assert main(argv + ["--allow-mixed"]) == 0 and out.exists()
+
+
+def test_cli_output_is_a_folder(tmp_path, capsys):
+    argv = ["report", "merge", str(DATA / "results-x86.json"), "-o", str(tmp_path)]
+    assert main(argv) == 2
+    assert "is a folder" in capsys.readouterr().err
+
+
+def test_python_m_bench_entry_point_and_no_torch(tmp_path):
+    """The real entry point: exit code 2 and one line on stderr; the report never imports torch."""
+    proc = subprocess.run([sys.executable, "-m", "bench", "report", "render", str(tmp_path / "missing.json")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ")
+    check = "import sys, bench.report, bench.__main__; assert 'torch' not in sys.modules, 'torch imported'"
+    proc = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
