@@ -134,14 +134,15 @@ def _cap_samples(samples_ms: list[float]) -> list[float]:
 
 def baseline_item(item: dict, results: dict) -> dict:
     """What the gate needs to remember about one measured results item."""
-    acc = item["accuracy"]
+    acc = item.get("accuracy")
     return {
         "variant": item["variant"],
         "runtime": item["runtime"],
         "recorded_utc": results["created_utc"],
         "commit": results["commit_info"].get("id"),
-        "accuracy": {"top1": _r(acc["top1"], 6), "correct": acc["correct"], "n": acc["n"]},
-        "size_bytes": item["size_bytes"],
+        "accuracy": None if acc is None else {"top1": _r(acc["top1"], 6), "correct": acc["correct"],
+                                              "n": acc["n"]},
+        "size_bytes": item.get("size_bytes"),
         "latency": {
             shape_key(lat): {
                 "p50_ms": _r(lat["p50_ms"]),
@@ -150,15 +151,19 @@ def baseline_item(item: dict, results: dict) -> dict:
                 "ratio_to_reference": _r(lat.get("ratio_to_reference"), 6),
                 "reference_id": lat.get("reference_id"),
             }
-            for lat in item["latency"]
+            for lat in item.get("latency") or []
         },
         "throughput": {shape_key(t): {"img_s": _r(t["img_s"], 3)}
                        for t in item.get("throughput") or []},
     }
 
 
-def _fmt_mb(n_bytes: int) -> str:
-    return f"{n_bytes / 1e6:.2f} MB"
+def _fmt_mb(n_bytes: int | None) -> str:
+    return "not measured" if n_bytes is None else f"{n_bytes / 1e6:.2f} MB"
+
+
+def _fmt_top1(acc: dict | None) -> str:
+    return "not measured" if acc is None else f"{acc['top1']:.2%}"
 
 
 def _describe_changes(item_id: str, old: dict | None, new: dict) -> list[str]:
@@ -166,15 +171,13 @@ def _describe_changes(item_id: str, old: dict | None, new: dict) -> list[str]:
     if old is None:
         shapes = ", ".join(f"{k} {fmt_ms(v['p50_ms'])} ms"
                            for k, v in sorted(new["latency"].items()))
-        summary = (f"top1 {new['accuracy']['top1']:.2%}, size {_fmt_mb(new['size_bytes'])}, "
+        summary = (f"top1 {_fmt_top1(new['accuracy'])}, size {_fmt_mb(new['size_bytes'])}, "
                    f"p50 {shapes or 'none'}")
         return [f"new: {item_id} ({summary})"]
     lines = []
-    old_top1 = (old.get("accuracy") or {}).get("top1")
-    if old_top1 is None or f"{old_top1:.2%}" != f"{new['accuracy']['top1']:.2%}":
-        before = "none" if old_top1 is None else f"{old_top1:.2%}"
-        lines.append(f"{item_id} accuracy top1 {before} -> {new['accuracy']['top1']:.2%}")
-    if old.get("size_bytes") != new["size_bytes"]:
+    if new["accuracy"] is not None and _fmt_top1(old.get("accuracy")) != _fmt_top1(new["accuracy"]):
+        lines.append(f"{item_id} accuracy top1 {_fmt_top1(old.get('accuracy'))} -> {_fmt_top1(new['accuracy'])}")
+    if new["size_bytes"] is not None and old.get("size_bytes") != new["size_bytes"]:
         lines.append(f"{item_id} size {old.get('size_bytes')} -> {new['size_bytes']} bytes")
     for shape, lat in sorted(new["latency"].items()):
         before = old["latency"].get(shape)
@@ -318,6 +321,10 @@ class BaselineStore:
             old = entry["items"].get(item["id"])
             changes += _describe_changes(item["id"], old, new)
             if old is not None:
+                # A partial run (-k, -x) keeps what it did not measure.
+                for key in ("accuracy", "size_bytes"):
+                    if new[key] is None:
+                        new[key] = old.get(key)
                 new["latency"] = {**old["latency"], **new["latency"]}
                 new["throughput"] = {**(old.get("throughput") or {}), **new["throughput"]}
             entry["items"][item["id"]] = new

@@ -96,8 +96,8 @@ def _fmt_p(p: float) -> str:
 
 def check_accuracy_stored(item: dict, base_item: dict, same_machine: bool,
                           cfg: GateConfig) -> Finding | None:
-    acc, base = item["accuracy"], base_item.get("accuracy")
-    if base is None:
+    acc, base = item.get("accuracy"), base_item.get("accuracy")
+    if acc is None or base is None:
         return None
     label = item_label(item)
     if base["n"] != acc["n"]:
@@ -133,8 +133,10 @@ def find_reference(item: dict, results: dict) -> dict | None:
 def check_accuracy_budget(item: dict, reference: dict | None, cfg: GateConfig) -> Finding | None:
     if reference is not None and reference["id"] == item["id"]:
         return None
+    if item.get("accuracy") is None:
+        return None  # not measured in this run (deselected, or the item stopped before it)
     label = item_label(item)
-    if reference is None:
+    if reference is None or reference.get("accuracy") is None:
         return Finding(item["id"], "accuracy_budget", None, "skipped",
                        f"{label} accuracy budget: no fp32-eager result on {item['device']} in "
                        "this run to compare against")
@@ -280,7 +282,7 @@ def check_item(item: dict, results: dict, baseline_entry: dict | None, other_ent
         findings.append(check_accuracy_stored(item, base_item, same_item is not None, cfg))
         findings.append(check_size(item, base_item, cfg))
 
-    for lat in item["latency"]:
+    for lat in item.get("latency") or []:
         shape = shape_key(lat)
         findings.append(check_noisy(item, lat, cfg))
         if base_item is None:

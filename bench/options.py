@@ -9,6 +9,7 @@ from pathlib import Path
 from .devices import DEVICE_CHOICES
 
 BASELINE_MISSING = ("fail", "skip", "record")
+ORT_OPT_LEVELS = ("all", "extended", "basic", "disabled")
 
 
 def _fail(msg: str):
@@ -59,7 +60,8 @@ def input_sizes(s: str) -> tuple[str | int, ...]:
         if p == "native":
             out.append(p)
             continue
-        p = p.split("x")[0] if "x" in p and len(set(p.split("x"))) == 1 else p
+        hw = p.split("x")
+        p = hw[0] if len(hw) == 2 and hw[0] == hw[1] else p  # 224x224 -> 224; 224x224x224 stays an error
         try:
             v = int(p)
         except ValueError:
@@ -97,6 +99,7 @@ class BenchOptions:
     update_baselines: bool
     baseline_missing: str
     gate: bool
+    ort_opt_level: str
 
 
 def add_options(parser, root: Path) -> None:
@@ -130,6 +133,8 @@ def add_options(parser, root: Path) -> None:
     g.addoption("--baseline-missing", default="fail", choices=BASELINE_MISSING,
                 help="where no baseline exists: fail (default), skip, or record it")
     g.addoption("--no-gate", action="store_true", help="measure and report only; compare nothing")
+    g.addoption("--ort-opt-level", default="all", choices=ORT_OPT_LEVELS,
+                help="ONNX Runtime graph optimization level (recorded in the results)")
 
 
 def read_options(config) -> BenchOptions:
@@ -142,4 +147,4 @@ def read_options(config) -> BenchOptions:
         batch_sizes=o("--batch-size"), input_sizes=o("--input-size"), min_samples=o("--min-samples"),
         min_time_s=o("--min-time"), report_dir=o("--report-dir"), baseline_dir=o("--baseline-dir"),
         update_baselines=o("--update-baselines"), baseline_missing=o("--baseline-missing"),
-        gate=not o("--no-gate"))
+        gate=not o("--no-gate"), ort_opt_level=o("--ort-opt-level"))

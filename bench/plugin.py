@@ -1,7 +1,8 @@
 """pytest plugin: ``pytest bench/ --device cpu|x86|arm|cuda``.
 
 Registered through the ``pytest11`` entry point; it only acts on tests that ask for the
-``bench_case`` fixture (the files in bench/), so other test suites are not slowed down.
+``bench_case`` fixture (the files in bench/). Options are validated in every run that loads it,
+which imports torch once (a few seconds) even for unrelated suites in the same environment.
 """
 from __future__ import annotations
 

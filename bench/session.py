@@ -91,19 +91,11 @@ class BenchSession:
         return list(self.opts.runtimes)
 
     def plan(self) -> list[PlannedCase]:
-        variants = list_variants(list(self.opts.variants))
-        runtimes = self.runtime_names()
+        pairs = [(v, r) for v in list_variants(list(self.opts.variants)) for r in self.runtime_names()]
         # The in-run reference is always measured: every ratio and accuracy budget needs it.
-        if REFERENCE[0] not in variants:
-            variants.insert(0, REFERENCE[0])
-        if REFERENCE[1] not in runtimes:
-            runtimes.insert(0, REFERENCE[1])
-        out = []
-        for v in variants:
-            recipe = get_recipe(v)
-            for r in runtimes:
-                out.append(PlannedCase(Case(v, r, self.device.kind), self.skip_reason(recipe, r)))
-        return out
+        if REFERENCE not in pairs:
+            pairs.insert(0, REFERENCE)
+        return [PlannedCase(Case(v, r, self.device.kind), self.skip_reason(get_recipe(v), r)) for v, r in pairs]
 
     def skip_reason(self, recipe: Recipe, runtime: str) -> str | None:
         rt = RUNTIMES[runtime]
@@ -149,7 +141,8 @@ class BenchSession:
             model = self.model(case.variant)
             float_model = self.model(recipe.parent) if recipe.kind == "int8" else model
             calib = self.ctx.dataset.calibration_split(min(self.ctx.calib_samples, len(self.ctx.dataset.train)))
-            req = LoadRequest(art, recipe, model, float_model, self.ctx.card, self.device, self.opts.threads, calib)
+            req = LoadRequest(art, recipe, model, float_model, self.ctx.card, self.device, self.opts.threads, calib,
+                              options={"ort_opt_level": self.opts.ort_opt_level})
             self._handles[case.id] = RUNTIMES[case.runtime].load(req)
         return self._handles[case.id]
 
@@ -212,7 +205,8 @@ class BenchSession:
         ref_case = Case(*REFERENCE, case.device)
         is_ref = case == ref_case
         ref_h = None if is_ref else self.handle(ref_case)
-        spec = measure.LatencySpec(min_samples=self.opts.min_samples, min_time_s=self.opts.min_time_s)
+        spec = measure.LatencySpec(min_samples=self.opts.min_samples, min_time_s=self.opts.min_time_s,
+                                   floor_samples=min(30, self.opts.min_samples))
         rec = measure.measure_latency(
             benchmark, h.run, self.latency_inputs(case, size), self.device.sync, spec,
             reference=None if is_ref else ref_h.run,
@@ -246,7 +240,7 @@ class BenchSession:
             "versions": _versions(),
             "commit_info": _commit_info(self.root),
             "device": self.device.kind,
-            "dataset": {"id": ds.id if ds else None, "name": self.opts.dataset,
+            "dataset": {"id": ds.id if ds else None, "name": self.dataset_label(),
                         "eval_samples": len(self.eval) if ds else None,
                         "input_size": list(self.native_size), "source": ds.source if ds else None},
             "checkpoint": {"sha256": self.ctx.checkpoint_sha256 if self.ctx else None,
@@ -254,8 +248,15 @@ class BenchSession:
             "options": {"threads": self.opts.threads, "batch_sizes": list(self.opts.batch_sizes),
                         "input_sizes": [list(s) for s in self.shapes], "runtimes": self.runtime_names(),
                         "variants": list(self.opts.variants), "min_samples": self.opts.min_samples,
-                        "min_time_s": self.opts.min_time_s, "calib_samples": self.opts.calib_samples},
+                        "min_time_s": self.opts.min_time_s, "calib_samples": self.opts.calib_samples,
+                        "ort_opt_level": self.opts.ort_opt_level},
         }
+
+    def dataset_label(self) -> str:
+        """Names the report files: digits, cifar10, or imagefolder-<root folder name>."""
+        if self.opts.dataset == "imagefolder" and self.opts.data_root is not None:
+            return f"imagefolder-{Path(self.opts.data_root).resolve().name}"
+        return self.opts.dataset
 
     def results(self) -> dict:
         return {**self.header(), "items": list(self.items.values()), "skipped": list(self.skipped)}
@@ -296,7 +297,7 @@ class BenchSession:
         if self.opts.gate:
             results["gate"] = run_gate(results, store, self.gate_config)
         results = validate_results(results, "this run's results")
-        unique, stable = result_paths(self.opts.report_dir, self.opts.dataset, self.device.kind)
+        unique, stable = result_paths(self.opts.report_dir, self.dataset_label(), self.device.kind)
         atomic_write_json(unique, results)
         atomic_write_json(stable, results)
         lines = [f"results: {stable} (this run: {unique})"]

@@ -19,9 +19,10 @@ def test_size(bench, bench_case):
 def test_equivalence(bench, bench_case):
     rec = bench.measure_equivalence(bench_case)
     assert rec["finite"], f"{bench_case.id}: non-finite outputs (NaN or inf)"
+    rel = "n/a" if rec["max_rel_error"] is None else f"{rec['max_rel_error']:.2e}"
     assert rec["passed"], (f"{bench_case.id} disagrees with {rec['reference']}: {rec['rule']} failed "
-                           f"(max relative error {rec['max_rel_error']:.2e}, top-1 agreement "
-                           f"{rec['top1_agreement']:.2%} on {rec['n']} images)")
+                           f"(max relative error {rel}, top-1 agreement {rec['top1_agreement']:.2%} "
+                           f"on {rec['n']} images)")
 
 
 def test_accuracy(bench, bench_case):

@@ -75,26 +75,27 @@ def summary_table(arts, ctx) -> str:
     for a in arts:
         m = a.manifest
         acc = m["accuracy"][acc_key]
-        rows.append([a.name, m["size_bytes"] / 1e6, m["size_gzip_bytes"] / 1e6, f"{m['parameters']:,}",
+        # Formatted here: tabulate's floatfmt does not apply with disable_numparse=True.
+        rows.append([a.name, f"{m['size_bytes'] / 1e6:.2f}", f"{m['size_gzip_bytes'] / 1e6:.2f}", f"{m['parameters']:,}",
                      f"{m['nonzero_parameters']:,}", f"{m['macs'] / 1e6:,.1f}", f"{acc['top1']:.2%}",
-                     f"{acc['correct']}/{acc['n']}", m["build_seconds"], str(a.dir)])
+                     f"{acc['correct']}/{acc['n']}", f"{m['build_seconds']:.2f}", str(a.dir)])
     head = ["variant", "size MB", "gzip MB", "params", "non-zero params", "MMACs", "top-1", "correct",
             "build s", "artifact"]
     note = (f"dataset {ctx.dataset.id} (eval: test, {rows and arts[0].manifest['accuracy'][acc_key]['n']} images), "
             f"checkpoint sha256 {ctx.checkpoint_sha256[:12]}, input {ctx.card.input_size[0]}x{ctx.card.input_size[1]}; "
             f"size = serialized weights file, MB = 10^6 bytes, MACs per image")
-    return tabulate(rows, head, floatfmt=".2f", disable_numparse=True) + "\n" + note
+    return tabulate(rows, head, disable_numparse=True) + "\n" + note
 
 
 def cmd_train(args) -> int:
-    from .cards import card_path_for
+    from safetensors.torch import save
+
+    from .cards import card_path_for, load_card
     from .context import check_classes
     from .data import load_dataset
-    from .models import build_model, load_model
-    from .cards import load_card
-    from .train import TrainConfig, train
     from .fsutil import atomic_write_bytes, atomic_write_json, sha256_file
-    from safetensors.torch import save
+    from .models import build_model, load_model
+    from .train import TrainConfig, train
 
     card = load_card(args.card)
     ds = load_dataset(args.dataset, card.input_size, args.data_root, args.cache_dir, args.download)

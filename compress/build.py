@@ -16,10 +16,10 @@ import os
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -29,8 +29,8 @@ from .data import Dataset, Split, default_cache_dir
 from .errors import UserError
 from .evaluate import predict, top1
 from .fsutil import atomic_write_bytes, atomic_write_json, dumps_json, sha256_file
-from .models import build_model, count_macs, count_parameters, read_state_dict
-from .registry import Recipe, get_recipe, lineage
+from .models import build_model, count_macs, count_parameters, read_state_dict, require_safe_torch
+from .registry import Recipe, lineage
 
 BUILD_FORMAT = 1
 MANIFEST = "manifest.json"
@@ -81,6 +81,8 @@ def _build_key(chain: list[Recipe], ctx: BuildContext) -> str:
         "chain": [[r.name, r.kind, r.params] for r in chain],
         "checkpoint": ctx.checkpoint_sha256,
         "dataset": ctx.dataset.id,
+        # The card is an input too: mean/std change calibration, fine-tuning and every accuracy.
+        "card": {k: v for k, v in ctx.card.to_json().items() if k != "metrics"},
         "calib_samples": ctx.calib_samples if uses_calib else None,
         "finetune_epochs": ctx.finetune_epochs if uses_finetune else None,
         "torch": ".".join(torch.__version__.split(".")[:2]),
@@ -133,10 +135,17 @@ def load_model_from_artifact(art: Artifact, card: ModelCard) -> torch.nn.Module:
             model = model.half()
         model.load_state_dict(sd)
         return model.eval()
-    sd = torch.load(str(art.weights_path), map_location="cpu", weights_only=True)
+    require_safe_torch()
+    try:
+        sd = torch.load(str(art.weights_path), map_location="cpu", weights_only=True)
+    except Exception as e:  # refused (would run code), truncated, or not a torch file: never a traceback
+        raise UserError(f"{art.weights_path} cannot be loaded ({type(e).__name__}); "
+                        f"delete {art.dir} and rebuild") from None
     if fmt == "torch-int8-fx":
         return quantize.rebuild_static(model, sd, card, backend=m["backend"])
     if fmt == "torch-int8-dynamic":
+        if m.get("backend"):
+            quantize.set_engine(m["backend"])
         return quantize.rebuild_dynamic(model, sd)
     raise UserError(f"{art.dir}: unknown weights_format {fmt!r}; rebuild with this version")
 

@@ -54,6 +54,15 @@ def _fail(source: str, what: str) -> UserError:
     return UserError(f"model card {source}: {what}; see docs/model-card.md for the expected fields")
 
 
+def _finite_number(x) -> bool:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(x))
+    except OverflowError:  # a JSON integer too large for a float
+        return False
+
+
 def card_from_dict(d: dict, source: str = "<dict>") -> ModelCard:
     if not isinstance(d, dict):
         raise _fail(source, "must be a JSON object")
@@ -64,8 +73,10 @@ def card_from_dict(d: dict, source: str = "<dict>") -> ModelCard:
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         raise _fail(source, "'classes' must be a non-empty list of class names")
     kwargs = d.get("architecture_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise _fail(source, "'architecture_kwargs' must be an object such as {\"num_classes\": 10}")
     num_classes = kwargs.get("num_classes", len(classes))
-    if not isinstance(num_classes, int) or num_classes != len(classes):
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes != len(classes):
         raise _fail(source, f"architecture_kwargs.num_classes ({num_classes!r}) does not match {len(classes)} class names")
     size = d.get("input_size")
     if (not isinstance(size, list) or len(size) != 2
@@ -75,7 +86,7 @@ def card_from_dict(d: dict, source: str = "<dict>") -> ModelCard:
     for key in ("mean", "std"):
         v = d.get(key)
         if (not isinstance(v, list) or len(v) != 3
-                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)):
+                or not all(_finite_number(x) for x in v)):
             raise _fail(source, f"'{key}' must be a list of 3 finite numbers (RGB)")
         stats.append(tuple(float(x) for x in v))
     if any(s <= 0 for s in stats[1]):

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from .build import BuildContext
 from .cards import ModelCard, card_from_dict, card_path_for, load_card
-from .data import Dataset, default_cache_dir, load_digits, load_dataset
+from .data import Dataset, default_cache_dir, load_dataset, load_digits
 from .errors import UserError
 from .fsutil import atomic_write_bytes, atomic_write_json, sha256_file
 from .models import build_model, load_model

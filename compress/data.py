@@ -31,7 +31,7 @@ class Split:
     def __len__(self) -> int:
         return int(self.labels.numel())
 
-    def take(self, idx: np.ndarray) -> "Split":
+    def take(self, idx: np.ndarray) -> Split:
         t = torch.as_tensor(idx, dtype=torch.long)
         return Split(self.images[t], self.labels[t])
 

@@ -54,10 +54,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"checkpoint {path} was refused: it is not a plain state dict and loading it would run "
-                            f"code ({first[:160]}); export model.state_dict() or a .safetensors file") from None
+                            f"code ({_refusal_reason(e)}); export model.state_dict() or a .safetensors file") from None
         except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+            raise UserError(f"checkpoint {path} is truncated or not a PyTorch file ({type(e).__name__}); "
+                            f"re-download or re-export it") from None
+        except Exception as e:  # garbage bytes reach the unpickler as KeyError, IndexError, struct.error ...
             raise UserError(f"checkpoint {path} is truncated or not a PyTorch file ({type(e).__name__}); "
                             f"re-download or re-export it") from None
     if isinstance(obj, dict):
@@ -68,6 +70,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UserError(f"checkpoint {path} does not hold a state dict of tensors; save model.state_dict()")
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
+
+
+def _refusal_reason(e: Exception) -> str:
+    """The line of torch's message that names what was blocked (its first line only advises
+    retrying with weights_only=False, which is exactly what must not be done)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    named = [ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln or "unsupported" in ln]
+    return ((named or lines or [type(e).__name__])[0])[:160]
 
 
 def load_model(path: str | Path, card: ModelCard) -> torch.nn.Module:
@@ -98,7 +108,7 @@ def load_model(path: str | Path, card: ModelCard) -> torch.nn.Module:
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(parameters, non-zero parameters) of weights and biases, int8 packed weights included."""
     total = nonzero = 0
-    for name, t in _weight_tensors(model):
+    for _name, t in _weight_tensors(model):
         total += t.numel()
         nonzero += int(torch.count_nonzero(t))
     return total, nonzero

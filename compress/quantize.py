@@ -40,6 +40,11 @@ def set_engine(backend: str) -> None:
     torch.backends.quantized.engine = backend
 
 
+def host_backend() -> str:
+    """x86 where its kernels exist (fbgemm/onednn), else qnnpack (ARM)."""
+    return "x86" if "x86" in torch.backends.quantized.supported_engines else "qnnpack"
+
+
 def quantize_dynamic_linear(model: torch.nn.Module) -> torch.nn.Module:
     """The tutorial's §4.1: int8 weights for nn.Linear only (ResNet18's fc), activations float."""
     with _quiet_ao():

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .errors import UserError
 
@@ -48,7 +48,10 @@ def get_recipe(name: str) -> Recipe:
     for pattern, factory in _FAMILIES:
         m = pattern.fullmatch(name)
         if m:
-            return register(factory(m))
+            recipe = factory(m)
+            if recipe.parent:
+                get_recipe(recipe.parent)  # parents register first: list order stays parents-before-children
+            return register(recipe)
     raise UserError(f"unknown variant {name!r}: `python -m compress list` shows the registered ones "
                     f"({', '.join(sorted(_REGISTRY))})")
 

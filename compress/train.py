@@ -15,6 +15,7 @@ from .data import Split
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: float = 10.0  # fractional epochs make short fine-tunes expressible
+    min_steps: int = 0  # small data sets need more passes than large ones for the same recovery
     batch_size: int = 128
     lr: float = 0.1
     weight_decay: float = 5e-4
@@ -52,11 +53,16 @@ def train(model: torch.nn.Module, data: Split, card: ModelCard, cfg: TrainConfig
                           lr=cfg.lr, momentum=0.9, nesterov=True)
     n = len(data)
     steps_per_epoch = max(1, n // cfg.batch_size)
-    total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    total = max(1, math.ceil(cfg.epochs * steps_per_epoch), cfg.min_steps if cfg.epochs > 0 else 0)
     warm = max(1, int(cfg.warmup_fraction * total))
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / (total - warm)))
+        opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm)))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else _null()
+    cached_teacher = None
+    if teacher is not None and cfg.distill_weight > 0 and not cfg.augment:
+        # Without augmentation every epoch shows the teacher the same images: run it once.
+        # On a CPU the teacher's forward pass would otherwise cost more than the student's step.
+        cached_teacher = _teacher_logits(teacher, data, card, device)
     t0, step, loss_v = time.perf_counter(), 0, float("nan")
     while step < total:
         perm = torch.randperm(n, generator=gen)
@@ -73,7 +79,7 @@ def train(model: torch.nn.Module, data: Split, card: ModelCard, cfg: TrainConfig
                 loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
                 if teacher is not None and cfg.distill_weight > 0:
                     with torch.no_grad():
-                        t_logits = teacher(x)
+                        t_logits = cached_teacher[idx].to(device) if cached_teacher is not None else teacher(x)
                     T = cfg.temperature
                     kd = F.kl_div(F.log_softmax(logits / T, 1), F.log_softmax(t_logits / T, 1),
                                   reduction="batchmean", log_target=True) * T * T
@@ -87,9 +93,17 @@ def train(model: torch.nn.Module, data: Split, card: ModelCard, cfg: TrainConfig
             if step % max(1, total // 5) == 0:
                 log(f"  step {step}/{total}  loss {loss_v:.3f}  {time.perf_counter() - t0:.0f}s")
     model.eval().cpu()
-    return {"seconds": round(time.perf_counter() - t0, 1), "steps": total, "epochs": cfg.epochs,
+    return {"seconds": round(time.perf_counter() - t0, 1), "steps": total, "epochs": round(total / steps_per_epoch, 2),
             "final_loss": round(loss_v, 4), "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed,
             "distill_weight": cfg.distill_weight}
+
+
+@torch.no_grad()
+def _teacher_logits(teacher: torch.nn.Module, data: Split, card: ModelCard, device: str, batch_size: int = 512):
+    out = []
+    for i in range(0, len(data), batch_size):
+        out.append(teacher(card.normalize(data.images[i:i + batch_size]).to(device)).float().cpu())
+    return torch.cat(out)
 
 
 class _null:

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ class LoadRequest:
     device: Device
     threads: int
     calibration: Split  # the same train images the PyTorch int8 variant was calibrated on
+    options: dict = field(default_factory=dict)  # runtime settings from the command line
 
 
 @dataclass

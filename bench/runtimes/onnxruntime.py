@@ -6,6 +6,7 @@ then ORT static quantization (QDQ, per-channel, S8S8) calibrated on the same tra
 """
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -14,6 +15,8 @@ import torch
 from .base import Handle, LoadRequest, Runtime, cached_file, verified
 
 OPSET = 17
+OPT_LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC",
+              "disabled": "ORT_DISABLE_ALL"}
 
 
 def _ort():
@@ -44,7 +47,6 @@ class OnnxRuntime(Runtime):
 
     def load(self, req: LoadRequest) -> Handle:
         ort = _ort()
-        params = req.recipe.params
         kind = req.recipe.kind
         dynamic = kind == "int8" and req.artifact.manifest["weights_format"] == "torch-int8-dynamic"
         key = {"ort": ort.__version__, "torch": torch.__version__, "opset": OPSET, "kind": kind,
@@ -54,7 +56,10 @@ class OnnxRuntime(Runtime):
             example = torch.zeros(1, 3, *req.card.input_size, dtype=dtype)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated but exact for CNNs
-                torch.onnx.export(model.cpu().to(dtype).eval(), (example,), str(tmp), opset_version=OPSET,
+                # A copy: .cpu()/.to() work in place, and the session shares this module with the
+                # eager handle (on CUDA, exporting it would pull the fp32 reference off the GPU).
+                torch.onnx.export(copy.deepcopy(model).cpu().to(dtype).eval(), (example,), str(tmp),
+                                  opset_version=OPSET,
                                   dynamo=False, input_names=["input"], output_names=["logits"],
                                   dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"},
                                                 "logits": {0: "batch"}})
@@ -81,11 +86,12 @@ class OnnxRuntime(Runtime):
         so.intra_op_num_threads = req.threads
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        level = OPT_LEVELS[req.options.get("ort_opt_level", "all")]
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
         so.log_severity_level = 3
         sess = ort.InferenceSession(str(verified(path)), so, providers=self.providers(req.device))
         in_dtype = np.float16 if kind == "fp16" else np.float32
-        info = {"providers": sess.get_providers(), "graph_optimization_level": "ORT_ENABLE_ALL",
+        info = {"providers": sess.get_providers(), "graph_optimization_level": level,
                 "intra_op_threads": req.threads, "inter_op_threads": 1, "execution_mode": "sequential",
                 "opset": OPSET, "onnxruntime": ort.__version__,
                 "quantization": None if kind != "int8" else ("dynamic (MatMul/Gemm)" if dynamic else
@@ -100,8 +106,13 @@ class OnnxRuntime(Runtime):
 
 
 def quantize_static_onnx(src, dst, req: LoadRequest) -> None:
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     calib = req.calibration
