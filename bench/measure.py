@@ -132,7 +132,12 @@ def accuracy_record(preds: np.ndarray, labels: np.ndarray, fp32_preds: np.ndarra
             "per_class": per_class, "correct_b64": pack_bits(correct)}
 
 
-def equivalence_record(logits: np.ndarray, ref_logits: np.ndarray, kind: str, reference_id: str) -> dict:
+def _agreement(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a.argmax(1) == b.argmax(1)).mean())
+
+
+def equivalence_record(logits: np.ndarray, ref_logits: np.ndarray, kind: str, reference_id: str,
+                       requantized: tuple[np.ndarray, np.ndarray, str] | None = None) -> dict:
     """fp32: max |a-b| / max |ref| <= 1e-3. Float reassociation in fused or reordered kernels moves
     ResNet18 logits by ~1e-6..1e-5 relative; a real bug (wrong weights, layout, preprocessing) moves
     them by O(1). fp16: 2e-2 (10 mantissa bits over ~20 layers). int8: top-1 agreement >= 99%, since
@@ -140,7 +145,23 @@ def equivalence_record(logits: np.ndarray, ref_logits: np.ndarray, kind: str, re
     agreement = float((logits.argmax(1) == ref_logits.argmax(1)).mean())
     rel = float(np.abs(logits - ref_logits).max() / max(np.abs(ref_logits).max(), 1e-12))
     finite = bool(np.isfinite(logits).all())
-    if kind == "int8":
+    extra = {}
+    if kind == "int8" and requantized is not None:
+        # The runtime quantized the float model itself (ONNX Runtime): two independent int8
+        # roundings of one float model each agree ~99% with it, but only ~98.5% with each other
+        # (CIFAR-10 reference: 99.1% and 98.6% vs 98.4%). So the runtime's int8 model must agree
+        # with the float model at least as well as the PyTorch int8 variant does (0.5 pp slack),
+        # and never below 98%; agreement with the PyTorch int8 model is recorded too.
+        float_logits, eager_int8_logits, float_id = requantized
+        own = _agreement(logits, float_logits)
+        eager_own = _agreement(eager_int8_logits, float_logits)
+        floor = max(0.98, eager_own - 0.005)
+        passed = agreement >= 0.99 or own >= floor
+        rule = (f"top-1 agreement >= 0.99 with {reference_id}, or (independently quantized) agreement with "
+                f"{float_id} >= {floor:.4f} (PyTorch int8's {eager_own:.4f} - 0.005, at least 0.98)")
+        extra = {"float_reference": float_id, "float_agreement": round(own, 6),
+                 "reference_float_agreement": round(eager_own, 6)}
+    elif kind == "int8":
         passed, rule = agreement >= 0.99, "top-1 agreement >= 0.99"
     else:
         tol = 2e-2 if kind == "fp16" else 1e-3
@@ -149,4 +170,4 @@ def equivalence_record(logits: np.ndarray, ref_logits: np.ndarray, kind: str, re
     # (with finite=False), so one broken variant fails its own item, not the whole results file.
     return {"reference": reference_id, "max_rel_error": round(rel, 8) if math.isfinite(rel) else None,
             "top1_agreement": round(agreement, 6),
-            "n": int(len(logits)), "rule": rule, "finite": finite, "passed": passed and finite}
+            "n": int(len(logits)), "rule": rule, "finite": finite, "passed": passed and finite, **extra}

@@ -179,8 +179,12 @@ class BenchSession:
 
     def measure_equivalence(self, case: Case) -> dict:
         eager = Case(case.variant, "eager", case.device)
-        rec = measure.equivalence_record(self.logits(case), self.logits(eager), get_recipe(case.variant).kind,
-                                         eager.id)
+        recipe = get_recipe(case.variant)
+        requantized = None
+        if recipe.kind == "int8" and RUNTIMES[case.runtime].requantizes_int8:
+            parent = Case(recipe.parent, "eager", case.device)
+            requantized = (self.logits(parent), self.logits(eager), parent.id)
+        rec = measure.equivalence_record(self.logits(case), self.logits(eager), recipe.kind, eager.id, requantized)
         self.item(case)["equivalence"] = rec
         return rec
 

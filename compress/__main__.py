@@ -88,6 +88,7 @@ def summary_table(arts, ctx) -> str:
 
 
 def cmd_train(args) -> int:
+    import torch
     from safetensors.torch import save
 
     from .cards import card_path_for, load_card
@@ -100,6 +101,7 @@ def cmd_train(args) -> int:
     card = load_card(args.card)
     ds = load_dataset(args.dataset, card.input_size, args.data_root, args.cache_dir, args.download)
     check_classes(card, ds)
+    torch.manual_seed(args.seed)  # initialization too, not only the training loop
     model = load_model(args.checkpoint, card) if args.checkpoint else build_model(card)
     summary = train(model, ds.train, card, TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                                                        seed=args.seed), device=args.train_device)

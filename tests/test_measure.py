@@ -343,3 +343,37 @@ def test_warm_up_gives_up_after_max_time(clock):
     settled = measure.warm_up([lambda: clock.advance(next(durations) / 1e3)], lambda: None,
                               LatencySpec(warmup_time_s=0.0, warmup_max_time_s=0.1))
     assert len(settled) == 1 and settled[0] in (pytest.approx(1.0), pytest.approx(3.0))
+
+
+def _logits_with_preds(preds, n_classes=10):
+    out = np.zeros((len(preds), n_classes), dtype=np.float32)
+    out[np.arange(len(preds)), preds] = 1.0
+    return out
+
+
+def test_requantized_int8_is_judged_against_the_float_model_both_started_from():
+    # ONNX Runtime re-quantizes the float model itself: 98.4% agreement with the PyTorch int8 model
+    # is expected, as long as it is at least as faithful to the float model as PyTorch's int8 is.
+    rng = np.random.default_rng(0)
+    float_preds = rng.integers(0, 10, 1000)
+    eager_int8 = float_preds.copy()
+    eager_int8[:14] = (eager_int8[:14] + 1) % 10  # 98.6% agreement with float
+    ort_int8 = float_preds.copy()
+    ort_int8[20:29] = (ort_int8[20:29] + 1) % 10  # 99.1% with float, ~97.7% with eager int8
+    rec = measure.equivalence_record(_logits_with_preds(ort_int8), _logits_with_preds(eager_int8), "int8",
+                                     "int8-static-eager-x86",
+                                     (_logits_with_preds(float_preds), _logits_with_preds(eager_int8), "fp32-eager-x86"))
+    assert rec["top1_agreement"] < 0.99 and rec["float_agreement"] == 0.991 and rec["passed"]
+
+
+def test_requantized_int8_fails_when_it_drifts_from_the_float_model():
+    rng = np.random.default_rng(1)
+    float_preds = rng.integers(0, 10, 1000)
+    eager_int8 = float_preds.copy()
+    eager_int8[:5] = (eager_int8[:5] + 1) % 10  # 99.5% with float: the floor becomes 0.99
+    ort_int8 = float_preds.copy()
+    ort_int8[100:125] = (ort_int8[100:125] + 1) % 10  # 97.5% with float
+    rec = measure.equivalence_record(_logits_with_preds(ort_int8), _logits_with_preds(eager_int8), "int8",
+                                     "int8-static-eager-x86",
+                                     (_logits_with_preds(float_preds), _logits_with_preds(eager_int8), "fp32-eager-x86"))
+    assert not rec["passed"] and "0.9900" in rec["rule"]

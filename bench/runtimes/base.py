@@ -53,6 +53,7 @@ class Handle:
 
 class Runtime:
     name = "base"
+    requantizes_int8 = False  # True: int8 variants are re-quantized by the runtime from the float model
 
     def unavailable_reason(self, device: Device) -> str | None:
         """Why this runtime cannot run on this host at all (missing package, provider); None if it can."""

@@ -27,6 +27,7 @@ def _ort():
 
 class OnnxRuntime(Runtime):
     name = "onnxruntime"
+    requantizes_int8 = True
 
     def unavailable_reason(self, device):
         try:
