@@ -100,6 +100,7 @@ class BenchOptions:
     baseline_missing: str
     gate: bool
     ort_opt_level: str
+    latency_gate: str = "fail"
 
 
 def add_options(parser, root: Path) -> None:
@@ -133,6 +134,8 @@ def add_options(parser, root: Path) -> None:
     g.addoption("--baseline-missing", default="fail", choices=BASELINE_MISSING,
                 help="where no baseline exists: fail (default), skip, or record it")
     g.addoption("--no-gate", action="store_true", help="measure and report only; compare nothing")
+    g.addoption("--latency-gate", default="fail", choices=("fail", "report"),
+                help="latency regressions fail their item (default) or are only reported")
     g.addoption("--ort-opt-level", default="all", choices=ORT_OPT_LEVELS,
                 help="ONNX Runtime graph optimization level (recorded in the results)")
 
@@ -147,4 +150,4 @@ def read_options(config) -> BenchOptions:
         batch_sizes=o("--batch-size"), input_sizes=o("--input-size"), min_samples=o("--min-samples"),
         min_time_s=o("--min-time"), report_dir=o("--report-dir"), baseline_dir=o("--baseline-dir"),
         update_baselines=o("--update-baselines"), baseline_missing=o("--baseline-missing"),
-        gate=not o("--no-gate"), ort_opt_level=o("--ort-opt-level"))
+        gate=not o("--no-gate"), ort_opt_level=o("--ort-opt-level"), latency_gate=o("--latency-gate"))

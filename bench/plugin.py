@@ -141,6 +141,8 @@ def gate_item(bench_session, case, test_name: str, shape=None) -> None:
             and (test_name != "test_size" or f["check"] != "baseline" or f["shape"] is None)]
     bench_session.findings += mine
     regressions = [f["message"] for f in mine if f["verdict"] == "regression"]
+    if test_name == "test_latency" and bench_session.opts.latency_gate == "report":
+        regressions = []  # --latency-gate report: still in the findings, summary and report; fails nothing
     new = [f for f in mine if f["verdict"] == "new"]
     if regressions:
         pytest.fail("\n".join(regressions), pytrace=False)

@@ -307,6 +307,9 @@ class BenchSession:
         lines = [f"results: {stable} (this run: {unique})"]
         if self.opts.gate:
             lines += format_summary(results["gate"]["findings"]).splitlines()
+            if self.opts.latency_gate == "report":
+                lines.append("latency findings are report-only in this run (--latency-gate report): "
+                             "they did not fail any item")
         record_new = self.opts.baseline_missing == "record" and self.opts.gate and any(
             f["verdict"] == "new" for f in results["gate"]["findings"])
         if self.opts.update_baselines or record_new:
