@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from .cards import ModelCard
 from .data import Split
+from .evaluate import logits as batched_logits
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ def train(model: torch.nn.Module, data: Split, card: ModelCard, cfg: TrainConfig
     if teacher is not None and cfg.distill_weight > 0 and not cfg.augment:
         # Without augmentation every epoch shows the teacher the same images: run it once.
         # On a CPU the teacher's forward pass would otherwise cost more than the student's step.
-        cached_teacher = _teacher_logits(teacher, data, card, device)
+        cached_teacher = batched_logits(teacher, data, card, batch_size=512, device=device)
     t0, step, loss_v = time.perf_counter(), 0, float("nan")
     while step < total:
         perm = torch.randperm(n, generator=gen)
@@ -96,14 +97,6 @@ def train(model: torch.nn.Module, data: Split, card: ModelCard, cfg: TrainConfig
     return {"seconds": round(time.perf_counter() - t0, 1), "steps": total, "epochs": round(total / steps_per_epoch, 2),
             "final_loss": round(loss_v, 4), "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed,
             "distill_weight": cfg.distill_weight}
-
-
-@torch.no_grad()
-def _teacher_logits(teacher: torch.nn.Module, data: Split, card: ModelCard, device: str, batch_size: int = 512):
-    out = []
-    for i in range(0, len(data), batch_size):
-        out.append(teacher(card.normalize(data.images[i:i + batch_size]).to(device)).float().cpu())
-    return torch.cat(out)
 
 
 class _null:
