@@ -235,7 +235,7 @@ class BaselineStore:
         path = self.path_for_results(results)
         doc = self.load(results["dataset"]["id"], results["device"])
         if doc is None:
-            return None, None, []
+            return None, None, self._sibling_notes(results["dataset"]["id"], results["device"])
         fingerprint = results["fingerprint"]
         sha = results["checkpoint"]["sha256"]
         notes = []
@@ -258,6 +258,20 @@ class BaselineStore:
         # Most recent other machine: the likeliest to share library versions with this run.
         other = max(others, key=lambda e: e["recorded_utc"], default=None)
         return same, other, notes
+
+    def _sibling_notes(self, dataset_id: str, device: str) -> list[str]:
+        """Say so when baselines exist for the same source and input size but other content:
+        the commonest cause of "no baseline" is data that differ from what was recorded."""
+        prefix = dataset_id.rsplit("-", 1)[0] + "-"
+        if not self.root.is_dir():
+            return []
+        siblings = sorted(p.name for p in self.root.iterdir()
+                          if p.name.startswith(prefix) and p.name != dataset_id
+                          and (p / f"{device}.json").is_file())
+        if not siblings:
+            return []
+        return [f"baselines exist for {', '.join(siblings)} but this run's data have id "
+                f"{dataset_id}: the image files differ from the ones those were recorded on"]
 
     def lookup(self, results: dict) -> tuple[dict | None, dict | None]:
         """(entry for this machine's fingerprint, the newest entry from another fingerprint).

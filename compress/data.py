@@ -6,6 +6,7 @@ int64 labels. Calibration and fine-tuning data come from ``train``; evaluation f
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from .fsutil import atomic_write_bytes
 DATASETS = ("digits", "imagefolder", "cifar10")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
 # Bump when decoding or resizing changes, so stale caches are not reused.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 
 
 @dataclass(frozen=True)
@@ -122,13 +123,18 @@ def _scan_split(root: Path, split: str) -> tuple[list[str], list[tuple[Path, int
     return classes, files
 
 
-def _decode(files: list[tuple[Path, int]], size: tuple[int, int]) -> Split:
+def _decode(files: list[tuple[Path, int]], size: tuple[int, int], root: Path,
+            content: hashlib._Hash) -> Split:
+    """Decode every file, feeding its relative path, class and bytes into ``content``."""
     from PIL import Image, UnidentifiedImageError
 
     images = torch.empty((len(files), 3, *size), dtype=torch.uint8)
-    for i, (path, _) in enumerate(files):
+    for i, (path, c) in enumerate(files):
         try:
-            with Image.open(path) as im:
+            raw = path.read_bytes()
+            content.update(f"{path.relative_to(root).as_posix()}|{c}|{len(raw)}\n".encode())
+            content.update(raw)
+            with Image.open(io.BytesIO(raw)) as im:
                 im = im.convert("RGB")
                 if im.size != (size[1], size[0]):
                     im = im.resize((size[1], size[0]), Image.BILINEAR)
@@ -150,6 +156,14 @@ def _listing_digest(files: list[tuple[Path, int]], root: Path) -> str:
 
 
 def load_imagefolder(root: str | Path, input_size: tuple[int, int], cache_dir: Path | None = None) -> Dataset:
+    """An ImageFolder tree with train/ and test/.
+
+    Two digests, for two jobs. The dataset id names the *content* (relative paths, classes and
+    file bytes, and the input size they are decoded to), so a copy of the same tree elsewhere (a CI checkout, another machine) has the
+    same id and finds the same baselines. The cache key names the *location and state* (absolute
+    path, sizes, mtimes): cheap to compute on every run and changed by any edit, so a stale
+    cache is never used; the content digest is stored in the cache beside the tensors.
+    """
     root = Path(root).resolve()
     if not root.is_dir():
         raise UserError(f"data root {root} does not exist: pass --data-root with train/<class>/ and test/<class>/ folders")
@@ -159,16 +173,20 @@ def load_imagefolder(root: str | Path, input_size: tuple[int, int], cache_dir: P
         missing = sorted(set(classes) - set(test_classes)) or sorted(set(test_classes) - set(classes))
         raise UserError(f"train/ and test/ under {root} have different class folders (differ in: {', '.join(missing)}); "
                         f"every class needs a folder in both")
-    digest = hashlib.sha256(
+    cache_key = hashlib.sha256(
         f"{CACHE_FORMAT}|{input_size}|{root}|{_listing_digest(train_files, root)}|{_listing_digest(test_files, root)}".encode()
     ).hexdigest()
-    ds_id = f"imagefolder-{root.name}-{input_size[0]}px-{digest[:8]}"
-    cached = _cache_get(cache_dir, ds_id)
+    cache_name = f"imagefolder-{root.name}-{input_size[0]}px-{cache_key[:16]}"
+    cached = _cache_get(cache_dir, cache_name)
     if cached is None:
-        train, test = _decode(train_files, input_size), _decode(test_files, input_size)
-        _cache_put(cache_dir, ds_id, train, test, root)
+        content = hashlib.sha256(f"{input_size}|classes|{'|'.join(classes)}\n".encode())
+        train = _decode(train_files, input_size, root, content)
+        test = _decode(test_files, input_size, root, content)
+        content_sha = content.hexdigest()
+        _cache_put(cache_dir, cache_name, train, test, root, content_sha)
     else:
-        train, test = cached
+        train, test, content_sha = cached
+    ds_id = f"imagefolder-{root.name}-{input_size[0]}px-{content_sha[:8]}"
     return Dataset("imagefolder", ds_id, tuple(classes), train, test, str(root))
 
 
@@ -196,33 +214,38 @@ def load_cifar10(root: str | Path, input_size: tuple[int, int], download: bool =
 
 
 # ---------------------------------------------------------------- cache
-def _cache_file(cache_dir: Path | None, ds_id: str) -> Path:
-    return (cache_dir or default_cache_dir()) / "datasets" / f"{ds_id}.safetensors"
+def _cache_file(cache_dir: Path | None, name: str) -> Path:
+    return (cache_dir or default_cache_dir()) / "datasets" / f"{name}.safetensors"
 
 
-def _cache_get(cache_dir: Path | None, ds_id: str) -> tuple[Split, Split] | None:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def _cache_get(cache_dir: Path | None, name: str) -> tuple[Split, Split, str] | None:
+    from safetensors import SafetensorError, safe_open
 
-    path = _cache_file(cache_dir, ds_id)
+    path = _cache_file(cache_dir, name)
     if not path.is_file():
         return None
     try:
-        t = load_file(str(path))
-        return Split(t["train_images"], t["train_labels"]), Split(t["test_images"], t["test_labels"])
-    except (SafetensorError, KeyError, OSError):
+        with safe_open(str(path), framework="pt") as f:
+            content_sha = (f.metadata() or {}).get("content_sha256", "")
+            t = {k: f.get_tensor(k) for k in ("train_images", "train_labels", "test_images", "test_labels")}
+        if len(content_sha) != 64:
+            return None
+        return Split(t["train_images"], t["train_labels"]), Split(t["test_images"], t["test_labels"]), content_sha
+    except (SafetensorError, KeyError, OSError, ValueError):
         return None  # a damaged cache is rebuilt, never trusted
 
 
-def _cache_put(cache_dir: Path | None, ds_id: str, train: Split, test: Split, root: Path) -> None:
+def _cache_put(cache_dir: Path | None, name: str, train: Split, test: Split, root: Path,
+               content_sha: str) -> None:
     from safetensors.torch import save
 
-    path = _cache_file(cache_dir, ds_id)
+    path = _cache_file(cache_dir, name)
     if root in path.resolve().parents:
         raise UserError(f"cache directory {path.parent} is inside the data root {root}: data roots are read-only; "
                         f"pass --cache-dir elsewhere")
     blob = save({"train_images": train.images, "train_labels": train.labels,
-                 "test_images": test.images, "test_labels": test.labels})
+                 "test_images": test.images, "test_labels": test.labels},
+                metadata={"content_sha256": content_sha})
     try:
         atomic_write_bytes(path, blob)  # atomic: a concurrent run reads the old file or the new, never half
     except OSError:

@@ -146,6 +146,17 @@ def test_checkpoint_mismatch_is_not_comparable(store):
     assert same["checkpoint_sha256"] == "9a1c" + "f" * 60
 
 
+def test_baselines_for_other_content_of_the_same_source_are_named(store):
+    """The usual cause of "no baseline at all": the data differ from what was recorded."""
+    store.update(make_results())
+    moved = make_results(dataset_id="digits-test0002")
+    same, other, notes = store.lookup_with_notes(moved)
+    assert (same, other) == (None, None)
+    assert notes == [f"baselines exist for {DATASET_ID} but this run's data have id digits-test0002: "
+                     "the image files differ from the ones those were recorded on"]
+    assert store.lookup_with_notes(make_results(dataset_id="cifar-test0002"))[2] == []
+
+
 def test_partial_update_keeps_other_items_and_shapes(store):
     store.update(make_results())
     only_small = make_results([make_item("fp32", "eager", seed=4, shapes=((32, 32, 1),))],

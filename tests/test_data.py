@@ -2,6 +2,8 @@
 content-addressed dataset ids, and one-line errors for every bad tree."""
 from __future__ import annotations
 
+import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -154,7 +156,7 @@ def test_imagefolder_decodes_resizes_and_labels_by_sorted_class_folder(tree, cac
 
 def test_imagefolder_caches_decoded_tensors_in_the_cache_dir(tree, cache, monkeypatch):
     first = load_imagefolder(tree, SIZE)
-    assert (cache / "datasets" / f"{first.id}.safetensors").is_file()
+    assert len(list((cache / "datasets").glob("imagefolder-data-32px-*.safetensors"))) == 1
 
     def no_decoding(*a, **k):
         raise AssertionError("decoded again despite the cache")
@@ -167,10 +169,10 @@ def test_imagefolder_caches_decoded_tensors_in_the_cache_dir(tree, cache, monkey
 
 def test_damaged_cache_is_rebuilt_not_trusted(tree, cache):
     first = load_imagefolder(tree, SIZE)
-    cached = cache / "datasets" / f"{first.id}.safetensors"
+    (cached,) = (cache / "datasets").iterdir()
     cached.write_bytes(b"\x00" * 100)
     again = load_imagefolder(tree, SIZE)
-    assert torch.equal(again.train.images, first.train.images)
+    assert torch.equal(again.train.images, first.train.images) and again.id == first.id
     assert cached.stat().st_size > 100  # rewritten
 
 
@@ -189,7 +191,8 @@ def test_read_only_data_root_works_and_is_never_written(read_only, cache):
     ds = load_imagefolder(read_only, SIZE)
     assert len(ds.train) == 12
     assert listing(read_only) == before  # no cache, lock or temp file inside the data root
-    assert list((cache / "datasets").iterdir()) == [cache / "datasets" / f"{ds.id}.safetensors"]
+    assert [p.name[:len("imagefolder-data-32px-")] for p in (cache / "datasets").iterdir()] == [
+        "imagefolder-data-32px-"]
 
 
 def test_cache_dir_inside_the_data_root_is_refused(tree):
@@ -284,3 +287,17 @@ def test_cifar10_without_files_or_download_is_a_one_line_user_error(tmp_path):
     msg = one_line_error(load_dataset, "cifar10", SIZE, tmp_path, download=False)
     assert msg.startswith(f"CIFAR-10 not found under {tmp_path}") and "pass --download" in msg
     assert listing(tmp_path) == before  # no download attempted, nothing created
+
+
+def test_dataset_id_names_content_not_location(tree, cache, tmp_path):
+    """A copy elsewhere (a CI checkout, another machine, fresh mtimes) must find the same
+    baselines; the cache, keyed by location and mtimes, is rebuilt for it."""
+    base = load_imagefolder(tree, SIZE)
+    copy = tmp_path / "elsewhere" / tree.name
+    shutil.copytree(tree, copy)  # new mtimes
+    for p in copy.rglob("*"):
+        os.utime(p, ns=(1, 1))
+    moved = load_imagefolder(copy, SIZE)
+    assert moved.id == base.id and torch.equal(moved.test.images, base.test.images)
+    assert len(list((cache / "datasets").iterdir())) == 2  # one cache entry per location
+    assert load_imagefolder(tree, (32, 48)).id != base.id  # the full input size, not just "32px"
