@@ -20,7 +20,7 @@ from compress.context import open_context
 from compress.errors import UserError
 from compress.registry import Recipe, get_recipe, list_variants
 
-from . import measure
+from . import TORCH_PRELOADED, measure
 from .devices import Device, fingerprint, machine_info
 from .options import BenchOptions
 from .runtimes import RUNTIMES, Handle, LoadRequest
@@ -253,7 +253,11 @@ class BenchSession:
                         "input_sizes": [list(s) for s in self.shapes], "runtimes": self.runtime_names(),
                         "variants": list(self.opts.variants), "min_samples": self.opts.min_samples,
                         "min_time_s": self.opts.min_time_s, "calib_samples": self.opts.calib_samples,
-                        "ort_opt_level": self.opts.ort_opt_level},
+                        "ort_opt_level": self.opts.ort_opt_level,
+                        # Thread-pool behaviour that latencies depend on (bench/__init__.py).
+                        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
+                        "torch_imported_before_bench": TORCH_PRELOADED,
+                        "latency_block": measure.LatencySpec.block},
         }
 
     def dataset_label(self) -> str:

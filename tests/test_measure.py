@@ -232,30 +232,54 @@ def _rounds(clock, spec, run_ms=2.0, ref_ms=4.0):
     return bench.calls[0]["rounds"]
 
 
-def test_latency_interleaves_one_reference_call_per_round(clock):
+def _runs(log):
+    """Collapse a call log into (tag, count) runs: ref x3, ref x4, run x3 ... -> [("ref", 7), ...]."""
+    out = []
+    for tag, _ in log:
+        if out and out[-1][0] == tag:
+            out[-1][1] += 1
+        else:
+            out.append([tag, 1])
+    return [tuple(r) for r in out]
+
+
+def test_latency_alternates_blocks_of_reference_and_candidate_calls(clock):
     log, syncs = [], []
     bench = FakeBenchmark(clock)
     inputs = [("cand", i) for i in range(4)]
     ref_inputs = [("ref", i) for i in range(4)]
-    spec = LatencySpec(min_samples=7, min_time_s=1.0, **FAST)
+    spec = LatencySpec(min_samples=7, min_time_s=1.0, block=3, switch_calls=2, switch_time_s=0.0, **FAST)
     rec = measure_latency(bench, _workload(clock, log, "run", 2.0), inputs, lambda: syncs.append(1), spec,
                           reference=_workload(clock, log, "ref", 4.0), ref_inputs=ref_inputs)
 
     assert bench.calls == [{"rounds": 7, "iterations": 1, "warmup_rounds": 0}]
-    timed = log[-2 * 7:]  # after the warm-up: the pedantic rounds
-    # ref, run, ref, run, ...: the reference runs right before each candidate call, on the same image index.
-    assert [t for t, _ in timed] == ["ref", "run"] * 7
-    for (_, (_, ri)), (_, (_, ci)) in zip(timed[0::2], timed[1::2]):
-        assert ri == ci
-    assert len({x for t, x in timed if t == "run"}) == len(inputs)  # real images cycle, not one cached input
+    # Warm-up settles each runtime on its own (10 calls each), then 7 rounds in blocks of 3:
+    # per block, 2 untimed + 3 timed reference calls, 2 untimed candidate calls, then the block's
+    # timed candidate calls (pedantic's rounds).
+    assert _runs(log) == [("run", 10), ("ref", 10 + 2 + 3), ("run", 2 + 3), ("ref", 5), ("run", 2 + 3),
+                          ("ref", 5), ("run", 2 + 1)]
+    assert len({x for t, x in log if t == "run"}) == len(inputs)  # real images cycle, not one cached input
+    assert len({x for t, x in log if t == "ref"}) == len(ref_inputs)
 
-    assert len(rec["samples_ms"]) == len(rec["reference_samples_ms"]) == 7
+    assert len(rec["samples_ms"]) == 7 and len(rec["reference_samples_ms"]) == 9  # 3 whole blocks
     assert rec["samples_ms"] == [pytest.approx(2.0)] * 7  # seconds from the fixture, reported in ms
-    assert rec["reference_samples_ms"] == [pytest.approx(4.0)] * 7
+    assert rec["reference_samples_ms"] == [pytest.approx(4.0)] * 9
     assert rec["p50_ms"] == pytest.approx(2.0) and rec["reference_p50_ms"] == pytest.approx(4.0)
     assert rec["ratio_to_reference"] == pytest.approx(0.5)
     assert rec["warmup_settled_ms"] == pytest.approx(2.0)
-    assert len(syncs) >= 2 * 7  # every timed call is synchronized (a no-op on CPU, essential on CUDA)
+    assert len(syncs) >= 7 + 9  # every timed call is synchronized (a no-op on CPU, essential on CUDA)
+
+
+def test_switching_runtimes_waits_for_the_other_pool_to_go_quiet(clock):
+    # switch_time_s is a floor on the untimed calls after a switch: 1/1024 s calls need 8 of them
+    # to cover 8/1024 s, while 4 ms reference calls stop at switch_calls=2. (Binary fractions keep
+    # the fake clock exact.)
+    log = []
+    spec = LatencySpec(min_samples=4, min_time_s=1.0, block=4, switch_calls=2, switch_time_s=8 / 1024,
+                       warmup_time_s=0.0, warmup_max_time_s=0.0, floor_samples=4)
+    measure_latency(FakeBenchmark(clock), _workload(clock, log, "run", 1000 / 1024), [0], lambda: None, spec,
+                    reference=_workload(clock, log, "ref", 4.0), ref_inputs=[0])
+    assert _runs(log) == [("run", 10), ("ref", 10 + 2 + 4), ("run", 8 + 4)]
 
 
 # The rule (LatencySpec): sample until min_samples or min_time_s of *candidate* time, whichever
@@ -312,12 +336,12 @@ def test_latency_is_still_measured_when_pytest_benchmark_is_disabled(clock):
             raise AssertionError("pedantic() of a disabled fixture records nothing")
 
     log = []
-    spec = LatencySpec(min_samples=6, min_time_s=1.0, **FAST)
+    spec = LatencySpec(min_samples=6, min_time_s=1.0, block=3, switch_calls=1, switch_time_s=0.0, **FAST)
     rec = measure_latency(Disabled(clock), _workload(clock, log, "run", 2.0), [0, 1], lambda: None, spec,
                           reference=_workload(clock, log, "ref", 4.0), ref_inputs=[0, 1])
     assert rec["samples_ms"] == [pytest.approx(2.0)] * 6
     assert rec["ratio_to_reference"] == pytest.approx(0.5)
-    assert [t for t, _ in log[-12:]] == ["ref", "run"] * 6
+    assert _runs(log) == [("run", 10), ("ref", 10 + 1 + 3), ("run", 1 + 3), ("ref", 4), ("run", 1 + 3)]
 
 
 def test_warm_up_runs_until_timings_settle(clock):
