@@ -101,6 +101,7 @@ class BenchOptions:
     gate: bool
     ort_opt_level: str
     latency_gate: str = "fail"
+    ort_int8_format: str = "qdq"
 
 
 def add_options(parser, root: Path) -> None:
@@ -138,6 +139,10 @@ def add_options(parser, root: Path) -> None:
                 help="latency regressions fail their item (default) or are only reported")
     g.addoption("--ort-opt-level", default="all", choices=ORT_OPT_LEVELS,
                 help="ONNX Runtime graph optimization level (recorded in the results)")
+    g.addoption("--ort-int8-format", default="qdq", choices=("qdq", "qdq-s8s8", "qoperator"),
+                help="ONNX Runtime static int8: qdq (QuantizeLinear/DequantizeLinear, uint8 activations, "
+                     "int8 weights), qdq-s8s8 (int8 activations: slow kernels on x86) or qoperator "
+                     "(QLinearConv, U8S8); recorded in the results")
 
 
 def read_options(config) -> BenchOptions:
@@ -150,4 +155,5 @@ def read_options(config) -> BenchOptions:
         batch_sizes=o("--batch-size"), input_sizes=o("--input-size"), min_samples=o("--min-samples"),
         min_time_s=o("--min-time"), report_dir=o("--report-dir"), baseline_dir=o("--baseline-dir"),
         update_baselines=o("--update-baselines"), baseline_missing=o("--baseline-missing"),
-        gate=not o("--no-gate"), ort_opt_level=o("--ort-opt-level"), latency_gate=o("--latency-gate"))
+        gate=not o("--no-gate"), ort_opt_level=o("--ort-opt-level"), latency_gate=o("--latency-gate"),
+        ort_int8_format=o("--ort-int8-format"))

@@ -146,7 +146,8 @@ class BenchSession:
             float_model = self.model(recipe.parent) if recipe.kind == "int8" else model
             calib = self.ctx.dataset.calibration_split(min(self.ctx.calib_samples, len(self.ctx.dataset.train)))
             req = LoadRequest(art, recipe, model, float_model, self.ctx.card, self.device, self.opts.threads, calib,
-                              options={"ort_opt_level": self.opts.ort_opt_level})
+                              options={"ort_opt_level": self.opts.ort_opt_level,
+                                       "ort_int8_format": self.opts.ort_int8_format})
             self._handles[key] = RUNTIMES[case.runtime].load(req)
         return self._handles[key]
 
@@ -266,7 +267,7 @@ class BenchSession:
                         "input_sizes": [list(s) for s in self.shapes], "runtimes": self.runtime_names(),
                         "variants": list(self.opts.variants), "min_samples": self.opts.min_samples,
                         "min_time_s": self.opts.min_time_s, "calib_samples": self.opts.calib_samples,
-                        "ort_opt_level": self.opts.ort_opt_level,
+                        "ort_opt_level": self.opts.ort_opt_level, "ort_int8_format": self.opts.ort_int8_format,
                         # Thread-pool behaviour that latencies depend on (bench/__init__.py).
                         "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
                         "torch_imported_before_bench": TORCH_PRELOADED,

@@ -125,7 +125,7 @@ def test_int8_torchscript_runs_the_same_int8_kernels_as_eager(world):
 
 
 def test_int8_onnxruntime_agrees_with_eager_int8_and_fp32(world):
-    # ORT quantizes the float parent itself (QDQ, same calibration images): a different rounding,
+    # ORT quantizes the float parent itself (same calibration images): a different rounding,
     # so only decisions are compared. The bench's own rule on a real checkpoint is >= 0.99; the
     # test model's random features have smaller margins (0.98-0.99 measured), hence 0.95.
     ort = world.logits("onnxruntime", INT8)
@@ -177,13 +177,41 @@ def _op_types(path: Path) -> set[str]:
 
 def test_onnx_int8_is_really_quantized_and_about_4x_smaller(world):
     fp32 = world.handle("onnxruntime", "fp32").path
-    int8 = world.handle("onnxruntime", INT8).path
+    int8 = world.handle("onnxruntime", INT8).path  # the default format: QDQ with uint8 activations
     ops = _op_types(int8)
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops, f"no QDQ nodes in {int8.name}: {sorted(ops)}"
     assert "QuantizeLinear" not in _op_types(fp32)
     # int8 weights + per-channel scales: ResNet18's 11.2M parameters shrink ~4x.
     ratio = fp32.stat().st_size / int8.stat().st_size
     assert 3.0 < ratio < 4.5, f"fp32/int8 ONNX size ratio {ratio:.2f}"
+
+
+def _activation_zero_point_types(path: Path) -> set[int]:
+    """Element types of the activation QuantizeLinear zero points (uint8 = 2, int8 = 3)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    inits = {i.name: i for i in model.graph.initializer}
+    return {inits[n.input[2]].data_type for n in model.graph.node
+            if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[0] not in inits}
+
+
+@pytest.mark.parametrize("fmt, activation_type", [("qdq", 2), ("qdq-s8s8", 3)])
+def test_onnx_int8_qdq_activation_type_follows_the_format(world, fmt, activation_type):
+    h = OnnxRuntime().load(world.request(INT8, options={"ort_int8_format": fmt}))
+    assert _activation_zero_point_types(h.path) == {activation_type}
+    assert ("U8S8" if activation_type == 2 else "S8S8") in h.info["quantization"]
+
+
+def test_onnx_int8_qoperator_format_is_selectable_cached_apart_and_recorded(world):
+    default = world.handle("onnxruntime", INT8)
+    qop = OnnxRuntime().load(world.request(INT8, options={"ort_int8_format": "qoperator"}))
+    ops = _op_types(qop.path)
+    assert "QLinearConv" in ops and "Conv" not in ops, sorted(ops)
+    assert "QOperator" in qop.info["quantization"] and "QDQ" in default.info["quantization"]
+    assert qop.path != default.path and "QLinearConv" not in _op_types(default.path)
+    # Same calibration, two encodings of one quantization: decisions agree.
+    assert agreement(qop.logits(world.x), default.logits(world.x)) >= 0.95
 
 
 # ---------------------------------------------------------------- the runtime file cache
