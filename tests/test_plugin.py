@@ -118,6 +118,7 @@ BAD_VALUES = [
     (["--baseline-missing", "maybe"], "invalid choice: 'maybe'"),
     (["--dataset", "mnist"], "invalid choice: 'mnist'"),
     (["--ort-opt-level", "fast"], "invalid choice: 'fast'"),
+    (["--ort-int8-format", "int4"], "invalid choice: 'int4'"),
 ]
 
 
@@ -297,6 +298,10 @@ def test_end_to_end_fp32_eager_run_writes_valid_results_and_a_report(bench_run):
     results = load_results(reports / f"digits-{HOST}.json")  # validates against the schema
     assert results["device"] == HOST and results["dataset"]["eval_samples"] == 50
     assert results["machine_info"]["threads"] == 1 and "threads=1" in results["fingerprint"]
+    # What latencies depend on is recorded: thread-pool spinning, the block schedule, ORT's format.
+    opts = results["options"]
+    assert opts["ort_int8_format"] == "qdq" and opts["latency_block"] == 20
+    assert "gomp_spincount" in opts and isinstance(opts["torch_imported_before_bench"], bool)
     (item,) = results["items"]
     assert item["id"] == f"fp32-eager-{HOST}" and item["status"] == "ok"
     assert item["accuracy"]["n"] == 50 and item["size_bytes"] > 0
@@ -311,3 +316,15 @@ def test_end_to_end_fp32_eager_run_writes_valid_results_and_a_report(bench_run):
     assert "resnet18-bench" in r.stdout.str() and "results:" in r.stdout.str()
     # Nothing was recorded as a baseline (skip, not record), and nothing left in the repository.
     assert not list((bench_run.out / "baselines").rglob("*.json"))
+
+
+@pytest.mark.parametrize("variant, runtime, own", [
+    ("int8-static", "eager", True), ("int8-static", "torchscript", True),
+    ("prune-struct-0.5+int8", "eager", True), ("int8-static", "onnxruntime", False),
+    ("fp32", "eager", False), ("prune-struct-0.5", "torchscript", False),
+])
+def test_int8_torch_items_get_a_module_per_timed_shape(variant, runtime, own):
+    # PyTorch int8 convs cache their kernel for the first input shape only (docs/PERFORMANCE.md).
+    from bench.session import BenchSession, Case
+
+    assert BenchSession._own_model_per_shape(Case(variant, runtime, HOST)) is own

@@ -160,6 +160,20 @@ def test_recommendation_picks_fastest_within_budget(x86):
     assert rec.item_id == b1.sort_values("p50_ms")["id"].iloc[0]
 
 
+def test_each_variant_is_compared_on_its_fastest_runtime_with_the_fastest_fp32(x86):
+    df = report.best_runtime_frame(x86, "224x224").set_index("variant")
+    lat = report.latency_frame(x86)
+    b1 = lat[(lat["batch_size"] == 1) & (lat["input_size"] == "224x224")]
+    bar = b1[b1["variant"] == "fp32"]["p50_ms"].min()  # fp32 on its fastest runtime, not eager
+    for variant, row in df.iterrows():
+        mine = b1[b1["variant"] == variant]
+        assert row["p50_ms"] == mine["p50_ms"].min()
+        assert row["runtime"] == mine.sort_values("p50_ms")["runtime"].iloc[0]
+        assert row["speedup_vs_fastest_fp32"] == pytest.approx(bar / row["p50_ms"])
+    assert df.loc["fp32", "speedup_vs_fastest_fp32"] == pytest.approx(1.0)
+    assert report.best_runtime_frame(x86, "999x999").empty
+
+
 def test_recommendation_excludes_the_faster_item_beyond_budget(x86):
     # Make int8-static eager the fastest at 224x224: with its -1.36 pp drop it must still not win.
     for lat in item(x86, "int8-static-eager-x86")["latency"]:
