@@ -136,8 +136,11 @@ class BenchSession:
 
     def handle(self, case: Case, shape: tuple[int, ...] | None = None) -> Handle:
         """The loaded (variant, runtime). With ``shape``: a handle of its own for timing at that
-        input shape, where the runtime needs one (see ``_own_model_per_shape``)."""
-        own = shape is not None and self._own_model_per_shape(case)
+        input shape, where the runtime needs one: PyTorch int8 modules first used for the batched
+        accuracy pass ran batch 1 at 32x32 in 5.8 ms instead of 1.0 ms (Runtime.int8_module_per_shape).
+        A deployment serves one shape per model, so each timed shape loads its own from the artifact."""
+        own = (shape is not None and get_recipe(case.variant).kind == "int8"
+               and RUNTIMES[case.runtime].int8_module_per_shape)
         key = (case.id, shape) if own else case.id
         if key not in self._handles:
             art = self.artifact(case.variant)
@@ -150,15 +153,6 @@ class BenchSession:
                                        "ort_int8_format": self.opts.ort_int8_format})
             self._handles[key] = RUNTIMES[case.runtime].load(req)
         return self._handles[key]
-
-    @staticmethod
-    def _own_model_per_shape(case: Case) -> bool:
-        # PyTorch's quantized conv (x86 engine, oneDNN) caches its kernel for the first input shape
-        # a module sees; every other shape rebuilds it on each call. A ResNet18 int8 module first
-        # used for the batched accuracy pass then ran batch 1 at 32x32 in 5.8 ms instead of 1.0 ms
-        # (docs/PERFORMANCE.md). A deployment serves one shape per model, so each timed shape
-        # gets a module loaded from the artifact for it alone.
-        return get_recipe(case.variant).kind == "int8" and case.runtime in ("eager", "torchscript")
 
     def item(self, case: Case) -> dict:
         if case.id not in self.items:

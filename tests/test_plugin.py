@@ -325,6 +325,7 @@ def test_end_to_end_fp32_eager_run_writes_valid_results_and_a_report(bench_run):
 ])
 def test_int8_torch_items_get_a_module_per_timed_shape(variant, runtime, own):
     # PyTorch int8 convs cache their kernel for the first input shape only (docs/PERFORMANCE.md).
-    from bench.session import BenchSession, Case
+    from bench.runtimes import RUNTIMES
+    from compress.registry import get_recipe
 
-    assert BenchSession._own_model_per_shape(Case(variant, runtime, HOST)) is own
+    assert (get_recipe(variant).kind == "int8" and RUNTIMES[runtime].int8_module_per_shape) is own

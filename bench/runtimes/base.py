@@ -54,6 +54,9 @@ class Handle:
 class Runtime:
     name = "base"
     requantizes_int8 = False  # True: int8 variants are re-quantized by the runtime from the float model
+    # True: int8 modules keep their kernels for the first input shape they see (PyTorch's quantized
+    # conv, x86 engine), so each timed shape needs a module of its own (docs/PERFORMANCE.md).
+    int8_module_per_shape = False
 
     def unavailable_reason(self, device: Device) -> str | None:
         """Why this runtime cannot run on this host at all (missing package, provider); None if it can."""

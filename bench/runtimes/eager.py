@@ -29,6 +29,7 @@ def torch_handle(name: str, module, req: LoadRequest, path, info: dict) -> Handl
 
 class EagerRuntime(Runtime):
     name = "eager"
+    int8_module_per_shape = True
 
     def unsupported_reason(self, recipe, device):
         if device.kind == "cuda" and recipe.kind == "int8":

@@ -11,6 +11,7 @@ from .eager import torch_handle
 
 class TorchScriptRuntime(Runtime):
     name = "torchscript"
+    int8_module_per_shape = True
 
     def unsupported_reason(self, recipe, device):
         if device.kind == "cuda" and recipe.kind == "int8":
