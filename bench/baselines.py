@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.errors import UserError
-from compress.fsutil import atomic_write_bytes, dumps_json
+from compress.fsutil import atomic_write_bytes, dumps_json, sweep_stale_temps
 
 from .results import (
     check_fields,
@@ -291,6 +291,8 @@ class BaselineStore:
         The file is written atomically and only when its content changes.
         """
         path = self.path_for_results(results)
+        if path.parent.is_dir():
+            sweep_stale_temps(path.parent)  # left by an update that was killed (SIGKILL runs no cleanup)
         doc = self.load(results["dataset"]["id"], results["device"])
         old_text = None if doc is None else dumps_json(doc)
         if doc is None:

@@ -11,7 +11,9 @@ from pathlib import Path
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # The pid in the name lets a later run tell a dead writer's leftover (SIGKILL runs no
+    # cleanup) from a live concurrent writer's file: see sweep_stale_temps.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         # mkstemp creates 0600; published files (reports, baselines) get the usual umask mode.
         umask = os.umask(0)
@@ -27,6 +29,33 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def sweep_stale_temps(directory: str | os.PathLike) -> list[Path]:
+    """Remove temporaries that atomic_write_bytes left under ``directory`` when its process was
+    killed; files of writers still running are kept. Returns what was removed (best effort:
+    a read-only checkout simply keeps them)."""
+    removed = []
+    for tmp in Path(directory).rglob(".*.tmp"):
+        parts = tmp.name.rsplit(".", 3)  # ".<name>", "<pid>", "<random>", "tmp"
+        if len(parts) != 4 or not parts[1].isdigit() or _pid_alive(int(parts[1])):
+            continue
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            pass
+    return removed
 
 
 def dumps_json(obj) -> str:

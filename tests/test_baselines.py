@@ -296,3 +296,60 @@ def test_mutated_baseline_files_raise_only_user_error(tmp_path_factory, where, v
         store.update(results)
     except UserError as err:
         assert str(path) in str(err)
+
+
+_KILLED_WRITER = """
+import os, sys, time
+sys.path.insert(0, {tests!r})
+from gate_fixtures import make_item, make_results
+from bench.baselines import BaselineStore
+
+def stall(fd):  # the temporary file is written: wait here to be killed mid-update
+    print("READY", flush=True)
+    time.sleep(60)
+
+os.fsync = stall
+items = [make_item("fp32", "eager", p50_ms=9.0, seed=5)]
+BaselineStore({root!r}).update(make_results(items, created_utc="2026-12-02T00:00:00Z", commit="killed"))
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGINT"])
+def test_update_killed_mid_write_leaves_baselines_as_they_were(store, tmp_path, sig):
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    store.update(make_results())
+    path = store.path_for_results(make_results())
+    before = path.read_bytes()
+    code = _KILLED_WRITER.format(tests=str(Path(__file__).parent), root=str(store.root))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).parent.parent)
+    try:
+        assert proc.stdout.readline().strip() == "READY"
+        proc.send_signal(getattr(signal, sig))
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    assert path.read_bytes() == before
+    leftovers = sorted(p.name for p in path.parent.iterdir() if p.name != "x86.json")
+    # SIGINT unwinds and removes its temporary; SIGKILL cannot, so the next update sweeps it.
+    assert len(leftovers) == (1 if sig == "SIGKILL" else 0)
+    assert store.update(later_run(p50_int8=2.6))  # the next run works
+    assert sorted(p.name for p in path.parent.iterdir()) == ["x86.json"]
+    assert json.loads(path.read_text())["entries"]  # and the file is whole
+
+
+def test_sweep_keeps_temporaries_of_live_writers(tmp_path):
+    from compress.fsutil import sweep_stale_temps
+
+    live = tmp_path / f".x86.json.{os.getpid()}.abc123.tmp"
+    dead = tmp_path / ".x86.json.999999999.abc123.tmp"
+    other = tmp_path / ".notes.tmp"  # not one of ours: no pid in the name
+    for p in (live, dead, other):
+        p.write_text("partial")
+    assert sweep_stale_temps(tmp_path) == [dead]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name])

@@ -283,7 +283,12 @@ def test_a_plain_test_suite_is_left_alone(pytester, monkeypatch, bench_cache):
 
 
 # ---------------------------------------------------------------- a tiny real run, end to end
-def test_end_to_end_fp32_eager_run_writes_valid_results_and_a_report(bench_run):
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if "__pycache__" not in p.parts}
+
+
+def test_end_to_end_fp32_eager_run_writes_valid_results_and_a_report(bench_run, pytester):
+    checkout_before = _tree(pytester.path)
     r = bench_run("--variant", "fp32", "--runtime", "eager", "--input-size", "native", "--batch-size", "1",
               "--min-samples", "5", "--min-time", "0", "--eval-samples", "50", "--baseline-missing", "skip",
               "--threads", "1", "-rs")
@@ -316,6 +321,10 @@ def test_end_to_end_fp32_eager_run_writes_valid_results_and_a_report(bench_run):
     assert "resnet18-bench" in r.stdout.str() and "results:" in r.stdout.str()
     # Nothing was recorded as a baseline (skip, not record), and nothing left in the repository.
     assert not list((bench_run.out / "baselines").rglob("*.json"))
+    # A read-only checkout works: the run writes only to --report-dir and the cache (tests run
+    # as root here, so chmod would not stop a write; the listing shows there was none).
+    # pytest-benchmark makes an empty .benchmarks/ where it can and ignores the failure where it cannot.
+    assert _tree(pytester.path) - {".benchmarks"} == checkout_before
 
 
 @pytest.mark.parametrize("variant, runtime, own", [
