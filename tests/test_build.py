@@ -297,3 +297,25 @@ def test_calibration_info_names_the_images(built):
     info = built.ctx.calibration_info(split)
     assert info == {"split": "train", "n": 16, "order": "stratified, seed 1",
                     "sha256": hashlib.sha256(split.images.numpy().tobytes()).hexdigest()}
+
+
+def test_two_builders_at_once_build_once_and_agree(built, tmp_path):
+    """A developer's run and a CI job on one machine share the artifact cache: the lock makes the
+    second wait for the first and reuse its artifact instead of writing over it."""
+    import threading
+
+    logs: list[str] = []
+    ctx = dataclasses.replace(built.ctx, artifact_root=tmp_path, log=logs.append)
+    out: dict[int, object] = {}
+    threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, build_variant("int8-dynamic", ctx)))
+               for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert set(out) == {0, 1}
+    assert out[0].manifest == out[1].manifest
+    assert [ln for ln in logs if ln.startswith("building ")] == \
+        ["building fp32: " + get_recipe("fp32").summary, "building int8-dynamic: " + get_recipe("int8-dynamic").summary]
+    assert leftovers(tmp_path) == []
+    load_artifact(ctx.variant_dir("int8-dynamic"))  # whole and verified

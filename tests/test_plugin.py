@@ -338,3 +338,23 @@ def test_int8_torch_items_get_a_module_per_timed_shape(variant, runtime, own):
     from compress.registry import get_recipe
 
     assert (get_recipe(variant).kind == "int8" and RUNTIMES[runtime].int8_module_per_shape) is own
+
+
+def test_an_item_that_crashes_errors_alone_and_the_rest_of_the_matrix_runs(bench_run, monkeypatch):
+    def broken_export(*args, **kwargs):
+        raise RuntimeError("exporter exploded")
+
+    monkeypatch.setattr(torch.onnx, "export", broken_export)
+    r = bench_run("--variant", "fp32", "--runtime", "eager,onnxruntime", "--input-size", "native",
+                  "--batch-size", "1", "--min-samples", "5", "--min-time", "0", "--eval-samples", "50",
+                  "--baseline-missing", "skip", "--threads", "1")
+    outcomes = r.parseoutcomes()
+    assert r.ret == pytest.ExitCode.TESTS_FAILED
+    assert outcomes.get("passed", 0) >= 3 and outcomes.get("failed", 0) >= 3, outcomes
+    results = load_results(bench_run.out / "reports" / f"digits-{HOST}.json")
+    by_id = {i["id"]: i for i in results["items"]}
+    assert by_id[f"fp32-eager-{HOST}"]["status"] == "ok"
+    broken = by_id[f"fp32-onnxruntime-{HOST}"]
+    assert broken["status"] == "error" and "RuntimeError: exporter exploded" in broken["reason"]
+    report = next((bench_run.out / "reports").glob(f"digits-{HOST}.md")).read_text()
+    assert "exporter exploded" in report
