@@ -10,4 +10,4 @@ if [ "$(uname -m)" = "x86_64" ]; then
   # Pinned to the releases this workplace serves from local disk; any torch >= 2.10 works.
   python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 fi
-python -m pip install -q -e ".[dev]"
+python -m pip install -q -e ".[${PROJECT_EXTRAS:-dev}]"  # the CI workflow adds gpu on CUDA runners

@@ -1,0 +1,116 @@
+"""The CI workflow users copy (.github/workflows/bench.yml) cannot run here: parse it and check
+that every command it runs exists in this project and that its options parse."""
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+from _pytest.config.argparsing import Parser
+
+from bench.__main__ import build_parser
+from bench.devices import DEVICE_CHOICES
+from bench.options import add_options
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+REPO = Path(__file__).resolve().parent.parent
+WORKFLOW = REPO / ".github" / "workflows" / "bench.yml"
+PYTEST_FLAGS = {"-q", "-rs"}  # pytest's own flags the workflow may pass
+
+
+@pytest.fixture(scope="module")
+def wf() -> dict:
+    return yaml.safe_load(WORKFLOW.read_text(encoding="utf-8"))
+
+
+def _matrix(wf) -> list[dict]:
+    return wf["jobs"]["bench"]["strategy"]["matrix"]["include"]
+
+
+def _expand(text: str, entry: dict) -> str:
+    text = re.sub(r"\$\{\{\s*matrix\.([\w-]+)\s*\}\}", lambda m: str(entry[m.group(1)]), text)
+    assert "${{" not in text, f"unexpanded expression in {text!r}"
+    return text
+
+
+def _commands(wf) -> list[tuple[str, list[str]]]:
+    """(job/step, argv) for every run: line, once per matrix entry that the job runs for."""
+    out = []
+    for job_name, job in wf["jobs"].items():
+        entries = _matrix(wf) if "strategy" in job else [{}]
+        for entry in entries:
+            for step in job["steps"]:
+                if "run" in step:
+                    for line in step["run"].strip().splitlines():
+                        out.append((f"{job_name}/{step.get('name')}", shlex.split(_expand(line, entry))))
+    return out
+
+
+def _bench_parser() -> Parser:
+    parser = Parser(_ispytest=True)
+    add_options(parser, REPO)
+    return parser
+
+
+def test_matrix_covers_x86_arm_and_a_self_hosted_gpu(wf):
+    by_name = {e["name"]: e for e in _matrix(wf)}
+    assert set(by_name) == {"x86", "arm", "cuda"}
+    assert by_name["x86"]["runs-on"] == "ubuntu-24.04"
+    assert by_name["arm"]["runs-on"] == "ubuntu-24.04-arm"
+    assert "self-hosted" in by_name["cuda"]["runs-on"]
+    assert all(e["device"] in DEVICE_CHOICES for e in _matrix(wf))
+    assert wf["jobs"]["bench"]["strategy"]["fail-fast"] is False
+
+
+def test_extras_named_by_the_matrix_exist(wf):
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for e in _matrix(wf):
+        assert set(e["extras"].split(",")) <= set(extras), e
+
+
+def test_every_command_exists_and_its_options_parse(wf):
+    seen = set()
+    for where, argv in _commands(wf):
+        if argv[:1] == ["bash"]:
+            assert (REPO / argv[1]).is_file(), f"{where}: {argv[1]} is not in the repository"
+            seen.add("setup")
+        elif argv[:3] == [".venv/bin/python", "-m", "pytest"]:
+            target, *args = argv[3:]
+            assert (REPO / target).is_dir(), f"{where}: pytest target {target} does not exist"
+            if target.rstrip("/") == "bench":
+                # Unknown options and bad values raise a UsageError here, as they would there.
+                _bench_parser().parse([a for a in args if a not in PYTEST_FLAGS])
+                seen.add("bench")
+            else:
+                assert set(args) <= PYTEST_FLAGS, f"{where}: {args}"
+        elif argv[:3] == [".venv/bin/python", "-m", "bench"]:
+            build_parser().parse_args(argv[3:])  # argparse exits (SystemExit) on anything it does not know
+            seen.add("merge")
+        else:
+            pytest.fail(f"{where}: unexpected command {argv}")
+    assert seen == {"setup", "bench", "merge"}
+
+
+def test_a_misspelled_option_would_be_caught():
+    with pytest.raises(pytest.UsageError):
+        _bench_parser().parse(["--device", "arm", "--baselines-missing", "skip"])
+    with pytest.raises(pytest.UsageError):
+        _bench_parser().parse(["--device", "tpu"])
+
+
+def test_merge_downloads_what_the_device_jobs_upload(wf):
+    uploads = [s["with"]["name"] for s in wf["jobs"]["bench"]["steps"] if "upload-artifact" in s.get("uses", "")]
+    (download,) = [s for s in wf["jobs"]["merge"]["steps"] if "download-artifact" in s.get("uses", "")]
+    pattern = download["with"]["pattern"]
+    assert any(re.fullmatch(pattern.replace("*", r".*"), re.sub(r"\$\{\{.*?\}\}", "x86", u)) for u in uploads)
+    merge = [argv for where, argv in _commands(wf) if where.startswith("merge/") and "merge" in argv]
+    assert merge and any(a.startswith(download["with"]["path"]) for a in merge[0])
+    # Each job writes its reports outside the checkout's committed reports/, so stale files stay out.
+    gate = [argv for _, argv in _commands(wf) if "bench/" in argv]
+    assert all(argv[argv.index("--report-dir") + 1] == "bench-out" for argv in gate)
