@@ -291,6 +291,10 @@ class BaselineStore:
         The file is written atomically and only when its content changes.
         """
         path = self.path_for_results(results)
+        emulated = (results.get("machine_info") or {}).get("emulated")
+        if emulated:
+            raise UserError(f"this run was emulated ({emulated}): its latencies are not a baseline for any "
+                            "machine; record baselines on the real device")
         if path.parent.is_dir():
             sweep_stale_temps(path.parent)  # left by an update that was killed (SIGKILL runs no cleanup)
         doc = self.load(results["dataset"]["id"], results["device"])

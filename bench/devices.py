@@ -75,11 +75,16 @@ def cpu_model() -> str:
     return platform.processor() or "unknown cpu"
 
 
+EMULATION_ENV = "RESNET18_BENCH_EMULATED"
+
+
 def machine_info(device: Device, threads: int) -> dict:
     info = {
         "node": platform.node(), "arch": platform.machine(), "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(), "threads": threads, "gpu_name": None, "gpu_driver": None,
         "cuda_version": None, "os": platform.platform(), "python": platform.python_version(),
+        # Set by scripts/arm-emulated.sh (qemu-user): such latencies say nothing about real hardware.
+        "emulated": os.environ.get(EMULATION_ENV) or None,
     }
     if device.kind == "cuda":
         import torch
@@ -102,4 +107,5 @@ def _nvidia_driver() -> str | None:
 def fingerprint(device: Device, info: dict) -> str:
     """What makes absolute latencies comparable: device class, CPU model or GPU name, threads."""
     hw = info["gpu_name"] if device.kind == "cuda" else info["cpu_model"]
-    return f"{device.kind}|{hw}|threads={info['threads']}"
+    emulated = f"|emulated={info['emulated']}" if info.get("emulated") else ""
+    return f"{device.kind}|{hw}|threads={info['threads']}{emulated}"

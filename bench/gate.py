@@ -282,8 +282,14 @@ def check_item(item: dict, results: dict, baseline_entry: dict | None, other_ent
         findings.append(check_accuracy_stored(item, base_item, same_item is not None, cfg))
         findings.append(check_size(item, base_item, cfg))
 
+    emulated = (results.get("machine_info") or {}).get("emulated")
     for lat in item.get("latency") or []:
         shape = shape_key(lat)
+        if emulated:
+            findings.append(Finding(item["id"], "latency_ratio", shape, "skipped",
+                                    f"{label} latency {shape}: measured under emulation ({emulated}), "
+                                    "never compared with baselines"))
+            continue
         findings.append(check_noisy(item, lat, cfg))
         if base_item is None:
             continue

@@ -527,7 +527,9 @@ def _environment_lines(results: dict) -> list[str]:
         f"native input {native_size(results)}",
         f"- Checkpoint: sha256 `{_shorten_sha(ck.get('sha256'))}` ({ck.get('source') or 'source not recorded'})",
         f"- Date: {results.get('created_utc', NA)} (run start, UTC)",
-    ]
+    ] + ([f"- **Emulated ({m['emulated']})**: every latency and throughput here was measured under "
+          "emulation and says nothing about real hardware; none is compared with baselines"]
+         if m.get("emulated") else [])
 
 
 def _count_words(counts: dict[str, int]) -> str:

@@ -282,7 +282,7 @@ RESULTS_FIELDS: dict[str, Field] = {
         "threads": optional(integer(min_value=1)),
         "gpu_name": optional(string()), "gpu_driver": optional(string()),
         "cuda_version": optional(string()), "os": optional(string()),
-        "python": optional(string()),
+        "python": optional(string()), "emulated": optional(string()),
     }),
     "fingerprint": string(min_len=1),
     "versions": map_of(optional(string())),

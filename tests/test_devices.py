@@ -182,3 +182,13 @@ def test_fingerprint_changes_with_threads():
     base = {"cpu_model": "X", "gpu_name": None}
     dev = Device("x86", "cpu")
     assert fingerprint(dev, {**base, "threads": 1}) != fingerprint(dev, {**base, "threads": 2})
+
+
+def test_an_emulated_run_says_so_and_gets_its_own_fingerprint(monkeypatch):
+    monkeypatch.setenv(devices.EMULATION_ENV, "qemu-aarch64")
+    info = machine_info(Device("arm", "cpu"), threads=2)
+    assert info["emulated"] == "qemu-aarch64"
+    assert fingerprint(Device("arm", "cpu"), info).endswith("|threads=2|emulated=qemu-aarch64")
+    monkeypatch.delenv(devices.EMULATION_ENV)
+    info = machine_info(Device("arm", "cpu"), threads=2)
+    assert info["emulated"] is None and "emulated" not in fingerprint(Device("arm", "cpu"), info)

@@ -490,3 +490,26 @@ def test_gate_handles_every_valid_document(tmp_path_factory, mutations):
     store = BaselineStore(tmp_path_factory.mktemp("b"))
     store.update(results)
     run_gate(results, store, GateConfig())
+
+
+def test_emulated_latency_is_never_compared_with_baselines():
+    slow = [make_item("fp32", "eager", p50_ms=5.0, seed=1),
+            make_item("int8-static", "onnxruntime", p50_ms=50.0, seed=2, n_correct=344)]
+    base = make_results()
+    new = make_results(slow, created_utc="2026-12-01T00:00:00Z")
+    new["machine_info"]["emulated"] = "qemu-aarch64"
+    validate_results(new, "emulated.json")
+    findings = check_item(new["items"][1], new, baseline_entry(base), None, GateConfig())
+    latency = [f for f in findings if f.shape is not None]
+    assert latency and all(f.verdict == "skipped" and "emulation (qemu-aarch64)" in f.message for f in latency)
+    assert not [f for f in findings if f.verdict == "regression"]  # 25x slower, but emulated
+
+
+def test_emulated_runs_are_not_recorded_as_baselines(tmp_path):
+    from bench.baselines import BaselineStore
+
+    results = make_results()
+    results["machine_info"]["emulated"] = "qemu-aarch64"
+    with pytest.raises(UserError, match="emulated .* record baselines on the real device"):
+        BaselineStore(tmp_path).update(results)
+    assert not list(tmp_path.iterdir())

@@ -387,3 +387,10 @@ def test_python_m_bench_entry_point_and_no_torch(tmp_path):
     check = "import sys, bench.report, bench.__main__; assert 'torch' not in sys.modules, 'torch imported'"
     proc = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_emulated_run_is_flagged_in_the_report(x86, tmp_path):
+    assert "Emulated" not in report.render_report(x86, tmp_path / "real").read_text()
+    x86["machine_info"]["emulated"] = "qemu-aarch64"
+    text = report.render_report(x86, tmp_path / "emu").read_text()
+    assert "**Emulated (qemu-aarch64)**: every latency and throughput here was measured under emulation" in text
