@@ -38,18 +38,20 @@ def _dependency_graph(model: torch.nn.Module, input_size: tuple[int, int]):
 
 
 def channel_prune(model: torch.nn.Module, ratio: float, input_size: tuple[int, int],
-                  round_to: int = 8) -> list:
+                  round_to: int = 8, stage_ratios: dict[str, float] | None = None) -> list:
     """Remove ``ratio`` of the channels of every prunable layer (L1 magnitude, dependency-aware:
     residual additions keep matching widths). Returns the replayable pruning history.
 
+    ``stage_ratios`` overrides the ratio for named submodules (e.g. ``{"layer4": 0.6}``).
     ``round_to=8`` keeps channel counts at multiples of 8, which int8/fp32 GEMM kernels prefer."""
     import torch_pruning as tp
 
     model.eval()
+    per_module = {model.get_submodule(name): r for name, r in (stage_ratios or {}).items()}
     pruner = tp.pruner.MagnitudePruner(
         model, torch.zeros(1, 3, *input_size),
         importance=tp.importance.MagnitudeImportance(p=1),
-        pruning_ratio=ratio, ignored_layers=[model.fc], round_to=round_to,
+        pruning_ratio=ratio, pruning_ratio_dict=per_module or None, ignored_layers=[model.fc], round_to=round_to,
     )
     pruner.step()
     return _jsonable(pruner.pruning_history())

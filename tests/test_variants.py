@@ -89,6 +89,18 @@ def test_prune_struct_removes_channels_in_multiples_of_8(reloaded):
     assert reloaded("prune-struct-0.5").fc.out_features == 10  # the classifier keeps every class
 
 
+def test_stagewise_pruning_keeps_its_stage_widths(built, reloaded):
+    pruned = convs(reloaded("prune-struct-stagewise"))
+    # 30% off 64/128/256 and 65% off 512, each rounded to a multiple of 8.
+    widths = {stage: pruned[f"{stage}.0.conv1"].out_channels for stage in ("layer1", "layer2", "layer3", "layer4")}
+    assert widths == {"layer1": 40, "layer2": 88, "layer3": 176, "layer4": 176}
+    assert pruned["conv1"].out_channels == 40  # the stem is tied to layer1 by the residual additions
+    m, uniform = manifest(built, "prune-struct-stagewise"), manifest(built, "prune-struct-0.5")
+    assert m["parameters"] < uniform["parameters"] and uniform["macs"] < m["macs"] < 0.4 * manifest(built, "fp32")["macs"]
+    assert torch.equal(outputs(reloaded("prune-struct-stagewise"), built),
+                       outputs(built.float_models["prune-struct-stagewise"], built))
+
+
 def test_prune_struct_has_a_quarter_of_the_parameters_and_fewer_macs(built, reloaded):
     fp32, pruned = manifest(built, "fp32"), manifest(built, "prune-struct-0.5")
     assert fp32["parameters"] == pytest.approx(11.18e6, rel=0.01)
@@ -125,7 +137,8 @@ def test_prune_struct_int8_inherits_the_pruned_architecture(built, reloaded):
 
 # ---------------------------------------------------------------- static int8
 STATIC_INT8 = [("int8-static", "fp32", "x86"), ("int8-static-arm", "fp32", "qnnpack"),
-               ("prune-struct-0.5+int8", "prune-struct-0.5", "x86")]
+               ("prune-struct-0.5+int8", "prune-struct-0.5", "x86"),
+               ("prune-struct-stagewise+int8", "prune-struct-stagewise", "x86")]
 
 
 @pytest.mark.parametrize("name,parent,backend", STATIC_INT8)
