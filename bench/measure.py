@@ -136,10 +136,11 @@ def measure_latency(benchmark, run: Callable[[Any], Any], inputs: list[Any], syn
 
 
 def measure_throughput(run: Callable[[Any], Any], batch: Any, batch_size: int, sync,
-                       min_time_s: float = 1.0, min_batches: int = 3) -> dict:
-    for _ in range(2):  # warm-up: allocator growth and kernel selection for this batch shape
-        run(batch)
-        sync()
+                       min_time_s: float = 0.5, min_batches: int = 3) -> dict:
+    # Throughput is reported, not gated: a mean over >= 3 batches and 0.5 s is enough to rank
+    # variants, and it costs 1.5 minutes less per CIFAR-10 matrix than 2 warm-up batches and 1 s.
+    run(batch)  # warm-up: allocator growth and kernel selection for this batch shape
+    sync()
     n, t0 = 0, time.perf_counter()
     while n < min_batches or time.perf_counter() - t0 < min_time_s:
         run(batch)
