@@ -187,10 +187,12 @@ def check_latency_ratio(item: dict, lat: dict, base_lat: dict, cfg: GateConfig) 
                        f"{head}: too few samples (< min_samples {cfg.min_samples}) to judge",
                        value=ratio, baseline=base_ratio)
     factor = ratio / base_ratio
-    limit = 1 + cfg.ratio_tolerance
+    noisy = max(lat.get("cv") or 0.0, lat.get("reference_cv") or 0.0) > cfg.cv_warn
+    limit = 1 + (max(cfg.ratio_tolerance, cfg.noisy_ratio_tolerance) if noisy else cfg.ratio_tolerance)
     text = f"{head} {ratio:.3f} vs {base_ratio:.3f}: {_speed(factor)} relative to the reference"
     verdict = "regression" if factor > limit else "ok"
-    suffix = f" (limit {limit:.2f}x)" if verdict == "regression" else f", within {limit:.2f}x"
+    widened = " for noisy samples" if noisy and limit > 1 + cfg.ratio_tolerance else ""
+    suffix = f" (limit {limit:.2f}x{widened})" if verdict == "regression" else f", within {limit:.2f}x{widened}"
     return Finding(item["id"], "latency_ratio", shape, verdict, text + suffix,
                    value=ratio, baseline=base_ratio, limit=limit)
 

@@ -36,6 +36,18 @@ def nonneg_float(s: str) -> float:
     return v
 
 
+# Throughput at the batch a deployment would use: 32 for a CPU box, 256 to fill a GPU.
+DEFAULT_BATCH_SIZES = {"cpu": (1, 32), "cuda": (1, 256)}
+
+
+def _csv(vals) -> str:
+    return ",".join(map(str, vals))
+
+
+def default_batch_sizes(device: str) -> tuple[int, ...]:
+    return DEFAULT_BATCH_SIZES["cuda" if device == "cuda" else "cpu"]
+
+
 def int_list(s: str) -> tuple[int, ...]:
     """``1,32`` -> (1, 32); 1 is always included (batch-1 latency is the headline number)."""
     vals = {positive_int(p.strip()) for p in s.split(",") if p.strip()}
@@ -123,8 +135,9 @@ def add_options(parser, root: Path) -> None:
     g.addoption("--calib-samples", type=positive_int, default=512, help="train images for int8 calibration")
     g.addoption("--finetune-epochs", type=nonneg_float, default=None, help="override pruned variants' fine-tune")
     g.addoption("--threads", type=positive_int, default=os.cpu_count() or 1, help="intra-op threads, every runtime")
-    g.addoption("--batch-size", type=int_list, default=(1, 32),
-                help="comma list; 1 always included; throughput at the largest")
+    g.addoption("--batch-size", type=int_list, default=None,
+                help="comma list; 1 always included; throughput at the largest "
+                     f"(default {_csv(DEFAULT_BATCH_SIZES['cpu'])} on CPUs, {_csv(DEFAULT_BATCH_SIZES['cuda'])} on CUDA)")
     g.addoption("--input-size", type=input_sizes, default=("native", 224),
                 help="latency shapes: 'native' (the card's) and square sizes (default native,224)")
     g.addoption("--min-samples", type=positive_int, default=100, help="latency samples per item, at least")
@@ -152,7 +165,7 @@ def read_options(config) -> BenchOptions:
         data_root=o("--data-root"), checkpoint=o("--checkpoint"), card=o("--card"), cache_dir=o("--cache-dir"),
         artifact_dir=o("--artifact-dir"), download=o("--download"), eval_samples=o("--eval-samples"),
         calib_samples=o("--calib-samples"), finetune_epochs=o("--finetune-epochs"), threads=o("--threads"),
-        batch_sizes=o("--batch-size"), input_sizes=o("--input-size"), min_samples=o("--min-samples"),
+        batch_sizes=o("--batch-size") or default_batch_sizes(o("--device")), input_sizes=o("--input-size"), min_samples=o("--min-samples"),
         min_time_s=o("--min-time"), report_dir=o("--report-dir"), baseline_dir=o("--baseline-dir"),
         update_baselines=o("--update-baselines"), baseline_missing=o("--baseline-missing"),
         gate=not o("--no-gate"), ort_opt_level=o("--ort-opt-level"), latency_gate=o("--latency-gate"),

@@ -192,3 +192,31 @@ def test_an_emulated_run_says_so_and_gets_its_own_fingerprint(monkeypatch):
     monkeypatch.delenv(devices.EMULATION_ENV)
     info = machine_info(Device("arm", "cpu"), threads=2)
     assert info["emulated"] is None and "emulated" not in fingerprint(Device("arm", "cpu"), info)
+
+
+class _Config:
+    """What read_options needs of a pytest config: getoption over parsed arguments."""
+
+    def __init__(self, args: list[str]):
+        from _pytest.config.argparsing import Parser
+
+        from bench.options import add_options
+
+        parser = Parser(_ispytest=True)
+        add_options(parser, Path("."))
+        self.ns = parser.parse(args)
+
+    def getoption(self, name: str):
+        return getattr(self.ns, name.lstrip("-").replace("-", "_"))
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--device", "cuda"], (1, 256)),  # fill the GPU
+    (["--device", "cpu"], (1, 32)),
+    (["--device", "arm"], (1, 32)),
+    (["--device", "cuda", "--batch-size", "64"], (1, 64)),  # an explicit list wins, 1 always included
+])
+def test_throughput_batch_defaults_to_256_on_cuda_and_32_on_cpus(args, expected):
+    from bench.options import read_options
+
+    assert read_options(_Config(args)).batch_sizes == expected

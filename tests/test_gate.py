@@ -513,3 +513,20 @@ def test_emulated_runs_are_not_recorded_as_baselines(tmp_path):
     with pytest.raises(UserError, match="emulated .* record baselines on the real device"):
         BaselineStore(tmp_path).update(results)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("cv, slower, verdict", [
+    (0.03, 1.35, "regression"),  # quiet samples: 25% is the limit
+    (0.30, 1.35, "ok"),          # noisy samples: the limit widens to 50% ...
+    (0.30, 1.80, "regression"),  # ... and a lost fast path still fails
+])
+def test_ratio_limit_widens_only_for_noisy_samples(cv, slower, verdict):
+    base = [make_item("fp32", "eager", p50_ms=5.0, seed=1, cv=0.03),
+            make_item("int8-static", "onnxruntime", p50_ms=2.0, seed=2, n_correct=344, cv=0.03)]
+    new = [make_item("fp32", "eager", p50_ms=5.0, seed=3, cv=0.03),
+           make_item("int8-static", "onnxruntime", p50_ms=2.0 * slower, seed=4, n_correct=344, cv=cv)]
+    (f,) = by(run_pair(base, new, same_machine=False), "latency_ratio", shape="32x32/b1")
+    assert f.verdict == verdict, f.message
+    assert f.limit == pytest.approx(1.5 if cv > 0.1 else 1.25)
+    if cv > 0.1:
+        assert "for noisy samples" in f.message
