@@ -299,7 +299,10 @@ def test_mutated_baseline_files_raise_only_user_error(tmp_path_factory, where, v
 
 
 _KILLED_WRITER = """
-import os, sys, time
+import os, signal, sys, time
+# A shell that starts jobs in the background (nohup, CI runners) makes them ignore SIGINT, and
+# Python then installs no KeyboardInterrupt handler: restore what an interactive Ctrl-C gets.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, {tests!r})
 from gate_fixtures import make_item, make_results
 from bench.baselines import BaselineStore
