@@ -29,6 +29,7 @@ from .results import (
     check_fields,
     check_schema_version,
     describe,
+    emulation,
     fmt_ms,
     integer,
     list_of,
@@ -291,7 +292,7 @@ class BaselineStore:
         The file is written atomically and only when its content changes.
         """
         path = self.path_for_results(results)
-        emulated = (results.get("machine_info") or {}).get("emulated")
+        emulated = emulation(results)
         if emulated:
             raise UserError(f"this run was emulated ({emulated}): its latencies are not a baseline for any "
                             "machine; record baselines on the real device")

@@ -50,7 +50,7 @@ from typing import Any
 
 from .baselines import BaselineStore
 from .config import GateConfig
-from .results import fmt_ms, item_label, shape_key
+from .results import emulation, fmt_ms, item_label, shape_key
 from .stats import mann_whitney_p, mcnemar_p, unpack_bits
 
 REFERENCE_VARIANT = "fp32"
@@ -284,7 +284,7 @@ def check_item(item: dict, results: dict, baseline_entry: dict | None, other_ent
         findings.append(check_accuracy_stored(item, base_item, same_item is not None, cfg))
         findings.append(check_size(item, base_item, cfg))
 
-    emulated = (results.get("machine_info") or {}).get("emulated")
+    emulated = emulation(results)
     for lat in item.get("latency") or []:
         shape = shape_key(lat)
         if emulated:

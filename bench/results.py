@@ -406,6 +406,12 @@ def load_results(path: str | os.PathLike) -> dict:
     return validate_results(obj, source)
 
 
+def emulation(results: dict) -> str | None:
+    """What emulated the run (machine_info.emulated, set by scripts/arm-emulated.sh), or None:
+    such latencies are never compared with, or recorded as, baselines."""
+    return (results.get("machine_info") or {}).get("emulated")
+
+
 def write_results(path: str | os.PathLike, obj: dict) -> Path:
     """Validate, then write atomically: an invalid or half-written results file never exists."""
     validate_results(obj, str(path))

@@ -78,6 +78,12 @@ register(Recipe("fp16", "fp16", "half precision weights and activations", "beyon
                 {}, devices=("cuda",), apply=_fp16))
 
 
+# The fine-tune every channel-pruned variant gets: 2 epochs of distillation from fp32
+# (distillation only: 80.7% vs 80.1% with 30% hard labels, same cost; docs/PERFORMANCE.md).
+STRUCT_FINETUNE = {"round_to": 8, "finetune_epochs": 2.0, "finetune_min_steps": 300, "finetune_lr": 0.02,
+                   "distill_weight": 1.0}
+
+
 def _struct_recipe(m) -> Recipe:
     ratio = float(m.group(1))
     if not 0.0 < ratio < 1.0:
@@ -87,14 +93,17 @@ def _struct_recipe(m) -> Recipe:
     return Recipe(f"prune-struct-{m.group(1)}", "float",
                   f"{ratio:.0%} of channels removed (Torch-Pruning, L1, round_to 8), BN recalibrated, fine-tuned "
                   f"with distillation from fp32", "beyond the tutorial", "fp32",
-                  {"ratio": ratio, "round_to": 8, "finetune_epochs": 2.0, "finetune_min_steps": 300,
-                   "finetune_lr": 0.02, "distill_weight": 1.0}, apply=_struct)
+                  {"ratio": ratio, **STRUCT_FINETUNE}, apply=_struct)
+
+
+def _pruned_int8(parent: str, role: str) -> Recipe:
+    """``<parent>+int8``: a channel-pruned variant, then static int8 (x86)."""
+    return Recipe(f"{parent}+int8", "int8", f"{parent} then static int8 (x86): {role}", "beyond the tutorial",
+                  parent, STATIC, devices=("x86",), apply=_static)
 
 
 def _struct_int8_recipe(m) -> Recipe:
-    return Recipe(f"prune-struct-{m.group(1)}+int8", "int8",
-                  f"prune-struct-{m.group(1)} then static int8 (x86): the real edge target", "beyond the tutorial",
-                  f"prune-struct-{m.group(1)}", STATIC, devices=("x86",), apply=_static)
+    return _pruned_int8(f"prune-struct-{m.group(1)}", "the real edge target")
 
 
 STRUCT, STRUCT_INT8 = r"prune-struct-(0\.\d+)", r"prune-struct-(0\.\d+)\+int8"
@@ -106,14 +115,11 @@ register(_struct_int8_recipe(re.fullmatch(STRUCT_INT8, "prune-struct-0.5+int8"))
 
 # Stage-wise ratios, chosen by measurement on the CIFAR-10 reference (docs/PERFORMANCE.md): at a
 # 32x32 input layer4 sees 1x1 maps yet holds 75% of the parameters, while the widths of the stem
-# and layers 1-3 decide most of the accuracy lost. Same 2-epoch distillation fine-tune as
-# prune-struct-<ratio>; after it, 82.4% vs 80.7% for uniform 50% at 1.4x its MACs.
-STAGEWISE = {"ratio": 0.3, "stage_ratios": {"layer4": 0.65}, "round_to": 8,
-             "finetune_epochs": 2.0, "finetune_min_steps": 300, "finetune_lr": 0.02, "distill_weight": 1.0}
+# and layers 1-3 decide most of the accuracy lost. Same fine-tune as prune-struct-<ratio>; after
+# it, 82.4% vs 80.7% for uniform 50% at 1.4x its MACs.
 register(Recipe("prune-struct-stagewise", "float",
                 "channels removed per stage (Torch-Pruning, L1, round_to 8): 30% of stem and layers 1-3, 65% of "
                 "layer4; BN recalibrated, fine-tuned with distillation from fp32",
-                "beyond the tutorial", "fp32", STAGEWISE, apply=_struct))
-register(Recipe("prune-struct-stagewise+int8", "int8",
-                "prune-struct-stagewise then static int8 (x86): the edge target", "beyond the tutorial",
-                "prune-struct-stagewise", STATIC, devices=("x86",), apply=_static))
+                "beyond the tutorial", "fp32", {"ratio": 0.3, "stage_ratios": {"layer4": 0.65}, **STRUCT_FINETUNE},
+                apply=_struct))
+register(_pruned_int8("prune-struct-stagewise", "the edge target"))
