@@ -52,6 +52,11 @@ def shape_id(size: tuple[int, int]) -> str:
     return f"{size[0]}x{size[1]}"
 
 
+def own_module_per_shape(case: Case) -> bool:
+    """Whether each timed input shape of ``case`` loads a module of its own (see handle())."""
+    return get_recipe(case.variant).kind == "int8" and RUNTIMES[case.runtime].int8_module_per_shape
+
+
 class BenchSession:
     def __init__(self, opts: BenchOptions, device: Device, root: Path, native_size: tuple[int, int]):
         self.opts, self.device, self.root = opts, device, root
@@ -139,8 +144,7 @@ class BenchSession:
         input shape, where the runtime needs one: PyTorch int8 modules first used for the batched
         accuracy pass ran batch 1 at 32x32 in 5.8 ms instead of 1.0 ms (Runtime.int8_module_per_shape).
         A deployment serves one shape per model, so each timed shape loads its own from the artifact."""
-        own = (shape is not None and get_recipe(case.variant).kind == "int8"
-               and RUNTIMES[case.runtime].int8_module_per_shape)
+        own = shape is not None and own_module_per_shape(case)
         key = (case.id, shape) if own else case.id
         if key not in self._handles:
             art = self.artifact(case.variant)

@@ -334,10 +334,9 @@ def test_end_to_end_fp32_eager_run_writes_valid_results_and_a_report(bench_run, 
 ])
 def test_int8_torch_items_get_a_module_per_timed_shape(variant, runtime, own):
     # PyTorch int8 convs cache their kernel for the first input shape only (docs/PERFORMANCE.md).
-    from bench.runtimes import RUNTIMES
-    from compress.registry import get_recipe
+    from bench.session import Case, own_module_per_shape
 
-    assert (get_recipe(variant).kind == "int8" and RUNTIMES[runtime].int8_module_per_shape) is own
+    assert own_module_per_shape(Case(variant, runtime, HOST)) is own
 
 
 def test_an_item_that_crashes_errors_alone_and_the_rest_of_the_matrix_runs(bench_run, monkeypatch):
