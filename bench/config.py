@@ -10,14 +10,19 @@
     [tool.resnet18-bench.gate.variants."prune-struct-0.5+int8"]
     accuracy_budget_pp = 2.0
 
-Overrides apply device first, then variant (the more specific one wins). Every key in an
-override table must be a known gate key; a typo is an error, never a silently ignored setting.
+    [tool.resnet18-bench.gate.shapes."32x32"]           # sub-millisecond series move more
+    ratio_tolerance = 1.0
+
+Overrides apply device first, then variant (the more specific one wins), then input shape for the
+latency checks of that shape. Every key in an override table must be a known gate key; a typo is
+an error, never a silently ignored setting.
 """
 from __future__ import annotations
 
 import difflib
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -85,6 +90,7 @@ class GateConfig:
     # name -> {key: value}; applied by for_device / for_variant / for_item.
     devices: Mapping[str, Mapping[str, Any]] = field(default_factory=_no_overrides, hash=False)
     variants: Mapping[str, Mapping[str, Any]] = field(default_factory=_no_overrides, hash=False)
+    shapes: Mapping[str, Mapping[str, Any]] = field(default_factory=_no_overrides, hash=False)
     source: str = field(default="built-in defaults", compare=False)
 
     def for_device(self, name: str) -> GateConfig:
@@ -92,6 +98,11 @@ class GateConfig:
 
     def for_variant(self, name: str) -> GateConfig:
         return replace(self, **self.variants[name]) if name in self.variants else self
+
+    def for_shape(self, input_size: tuple[int, int] | list[int]) -> GateConfig:
+        """Thresholds for the latency series of one input shape ("32x32" table)."""
+        name = "x".join(str(int(v)) for v in input_size)
+        return replace(self, **self.shapes[name]) if name in self.shapes else self
 
     def for_item(self, item: Mapping[str, Any]) -> GateConfig:
         """The thresholds for one results item: device overrides, then variant overrides."""
@@ -111,7 +122,8 @@ _BOUNDS: dict[str, tuple[type, float, float, bool]] = {
     "accuracy_budget_pp": (float, 0.0, 100.0, False),
     "min_samples": (int, 2, 1_000_000, False),
 }
-assert set(_BOUNDS) == {f.name for f in fields(GateConfig)} - {"devices", "variants", "source"}
+_OVERRIDE_KINDS = ("devices", "variants", "shapes")
+assert set(_BOUNDS) == {f.name for f in fields(GateConfig)} - {*_OVERRIDE_KINDS, "source"}
 
 
 def _bad_key(key: str, known: list[str], where: str, source: str) -> UserError:
@@ -166,10 +178,15 @@ def parse_gate_table(table: Any, source: str) -> GateConfig:
         raise UserError(f"{source}: {TABLE} must be a table, got {describe(table)}")
     table = dict(table)
     overrides = {kind: _parse_overrides(table.pop(kind), f"{TABLE}.{kind}", source)
-                 for kind in ("devices", "variants") if kind in table}
+                 for kind in _OVERRIDE_KINDS if kind in table}
+    for name in overrides.get("shapes", {}):
+        if not re.fullmatch(r"[1-9][0-9]*x[1-9][0-9]*", name):
+            # A shape the gate never sees would be a silently ignored setting.
+            raise UserError(f'{source}: {TABLE}.shapes."{name}" is not an input shape; '
+                            'write it as HEIGHTxWIDTH, e.g. "32x32"')
     for key in table:
         if key not in _BOUNDS:
-            raise _bad_key(key, sorted([*_BOUNDS, "devices", "variants"]), TABLE, source)
+            raise _bad_key(key, sorted([*_BOUNDS, *_OVERRIDE_KINDS]), TABLE, source)
     return GateConfig(**_parse_keys(table, TABLE, source), **overrides, source=source)
 
 

@@ -292,16 +292,17 @@ def check_item(item: dict, results: dict, baseline_entry: dict | None, other_ent
                                     f"{label} latency {shape}: measured under emulation ({emulated}), "
                                     "never compared with baselines"))
             continue
-        findings.append(check_noisy(item, lat, cfg))
+        lcfg = cfg.for_shape(lat["input_size"])
+        findings.append(check_noisy(item, lat, lcfg))
         if base_item is None:
             continue
         same_lat = same_item["latency"].get(shape) if same_item else None
         other_lat = other_item["latency"].get(shape) if other_item else None
         ratio_base = same_lat or other_lat
         if ratio_base is not None:
-            findings.append(check_latency_ratio(item, lat, ratio_base, cfg))
+            findings.append(check_latency_ratio(item, lat, ratio_base, lcfg))
         if same_lat is not None:
-            findings.append(check_latency_abs(item, lat, same_lat, cfg))
+            findings.append(check_latency_abs(item, lat, same_lat, lcfg))
         elif ratio_base is None or same_item is not None:
             findings.append(Finding(item["id"], "baseline", shape, "new",
                                     f"{label} latency {shape}: no baseline for this shape on "

@@ -12,6 +12,16 @@ needed: on 2 cores ONNX Runtime fp32 at 224x224 read 24 ms instead of 17 ms and 
 instead of 0.5 ms, while eager after ONNX Runtime read 58 ms instead of 25 ms. Blocks of 20, each
 after a few untimed calls (``switch_calls`` and ``switch_time_s``) that let the other pool go
 quiet, reproduce each runtime's stand-alone median within noise (docs/PERFORMANCE.md).
+
+ONNX Runtime's workers spin for ~60 ms after a call (2^20 pause loops): the first eager calls after
+an ONNX Runtime block read 2-7x slow. So a switch also waits, untimed, until a call of the runtime
+switched to is back within 30% of its settled time (at most 0.25 s).
+
+The reference costs half the candidate's time, not more: a block of candidate calls gets
+``block * ref_share * candidate / reference`` reference calls, at least ``min_ref_block``. A
+3 ms candidate at 224x224 then takes 5 calls of the 28 ms reference per block instead of 20, which
+cut a third of the CIFAR-10 matrix's latency time; 25-50 reference samples still pin its median to
+~2% (cv 0.1), against ratio limits of 25-50%.
 """
 from __future__ import annotations
 
@@ -39,8 +49,12 @@ class LatencySpec:
     warmup_time_s: float = 0.3
     warmup_max_time_s: float = 2.0
     block: int = 20
-    switch_calls: int = 3
+    min_ref_block: int = 5
+    ref_share: float = 0.5
+    switch_calls: int = 2
     switch_time_s: float = 0.005
+    switch_settle: float = 1.3
+    switch_max_time_s: float = 0.25
 
 
 def _timed(fn: Callable[[], Any], sync: Callable[[], None]) -> float:
@@ -70,14 +84,19 @@ def warm_up(calls: list[Callable[[], Any]], sync, spec: LatencySpec) -> list[flo
     return settled
 
 
-def _switch_to(fn: Callable[[], Any], sync, spec: LatencySpec) -> None:
-    """Untimed calls after switching runtimes, until the other runtime's threads have gone quiet."""
+def _switch_to(fn: Callable[[], Any], sync, spec: LatencySpec, settled_ms: float) -> None:
+    """Untimed calls after switching runtimes, until the other runtime's threads have gone quiet:
+    at least ``switch_calls`` and ``switch_time_s``, then until a call takes at most
+    ``switch_settle`` times ``fn``'s settled time, or ``switch_max_time_s`` has passed."""
     t0 = time.perf_counter()
     n = 0
-    while n < spec.switch_calls or time.perf_counter() - t0 < spec.switch_time_s:
-        fn()
-        sync()
+    while True:
+        last_ms = _timed(fn, sync)
         n += 1
+        elapsed = time.perf_counter() - t0
+        if n >= spec.switch_calls and elapsed >= spec.switch_time_s and \
+                (last_ms <= spec.switch_settle * settled_ms or elapsed >= spec.switch_max_time_s):
+            return
 
 
 def measure_latency(benchmark, run: Callable[[Any], Any], inputs: list[Any], sync: Callable[[], None],
@@ -97,6 +116,11 @@ def measure_latency(benchmark, run: Callable[[Any], Any], inputs: list[Any], syn
     settled = warm_up([next_run] + ([next_ref] if reference is not None else []), sync, spec)
     by_time = math.ceil(spec.min_time_s * 1e3 / max(settled[0], 1e-6))
     rounds = int(min(spec.max_samples, max(spec.floor_samples, min(spec.min_samples, by_time))))
+    ref_block = 0
+    if reference is not None:
+        ref_block = min(spec.block, max(spec.min_ref_block,
+                                        math.ceil(spec.block * spec.ref_share * settled[0]
+                                                  / max(settled[1], 1e-6))))
     ref_samples: list[float] = []
 
     def setup():
@@ -104,9 +128,9 @@ def measure_latency(benchmark, run: Callable[[Any], Any], inputs: list[Any], syn
         # calls ourselves, then settle back into the candidate; always hand run() the next image.
         i = state["i"] = state["i"] + 1
         if reference is not None and (i - 1) % spec.block == 0:
-            _switch_to(next_ref, sync, spec)
-            ref_samples.extend(_timed(next_ref, sync) for _ in range(spec.block))
-            _switch_to(next_run, sync, spec)
+            _switch_to(next_ref, sync, spec, settled[1])
+            ref_samples.extend(_timed(next_ref, sync) for _ in range(ref_block))
+            _switch_to(next_run, sync, spec, settled[0])
         return (inputs[i % n_in],), {}
 
     def target(x):
@@ -131,14 +155,16 @@ def measure_latency(benchmark, run: Callable[[Any], Any], inputs: list[Any], syn
     if reference is not None:
         ref = latency_stats(ref_samples)
         out.update(reference_samples_ms=[round(s, 5) for s in ref_samples], reference_p50_ms=ref["p50_ms"],
+                   reference_block=ref_block,
                    reference_cv=ref["cv"], ratio_to_reference=round(out["p50_ms"] / ref["p50_ms"], 5))
     return out
 
 
 def measure_throughput(run: Callable[[Any], Any], batch: Any, batch_size: int, sync,
-                       min_time_s: float = 0.5, min_batches: int = 3) -> dict:
-    # Throughput is reported, not gated: a mean over >= 3 batches and 0.5 s is enough to rank
-    # variants, and it costs 1.5 minutes less per CIFAR-10 matrix than 2 warm-up batches and 1 s.
+                       min_time_s: float = 0.5, min_batches: int = 2) -> dict:
+    # Throughput is reported, not gated: a mean over >= 2 batches and 0.5 s is enough to rank
+    # variants (fp32 at 224x224 and batch 32 takes 0.8 s a batch), and it costs 2 minutes less per
+    # CIFAR-10 matrix than 2 warm-up batches, 3 batches and 1 s.
     run(batch)  # warm-up: allocator growth and kernel selection for this batch shape
     sync()
     n, t0 = 0, time.perf_counter()

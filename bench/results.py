@@ -218,6 +218,7 @@ _LATENCY = obj({
     "reference_id": optional(string()),
     "reference_samples_ms": optional(list_of(_MS, min_len=1)),
     "reference_p50_ms": optional(_MS),
+    "reference_block": optional(integer(min_value=1)),
     "ratio_to_reference": optional(number(**_NONNEG)),
 })
 

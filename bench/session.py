@@ -67,6 +67,7 @@ class BenchSession:
         self._models: dict[str, torch.nn.Module] = {}
         self._handles: dict[str, Handle] = {}
         self._logits: dict[str, np.ndarray] = {}
+        self._inputs: dict[tuple, torch.Tensor] = {}  # normalized eval images per (size, batch, count)
         self.items: dict[str, dict] = {}
         self.skipped: list[dict] = []
         self.findings: list[dict] = []
@@ -210,10 +211,15 @@ class BenchSession:
         self.item(case)["accuracy"] = rec
         return rec
 
-    def latency_inputs(self, case: Case, size: tuple[int, int], batch: int = 1) -> list:
+    def latency_inputs(self, case: Case, size: tuple[int, int], batch: int = 1,
+                       count: int = LATENCY_INPUTS) -> list:
+        """``count`` distinct batches of real eval images at ``size``, in the runtime's input form."""
         h = self.handle(case)
-        n = min(LATENCY_INPUTS, len(self.eval) // batch) or 1
-        x = self.ctx.card.normalize(self.eval.images[: n * batch], size)
+        n = min(count, len(self.eval) // batch) or 1
+        key = (tuple(size), batch, n)
+        if key not in self._inputs:  # resizing to 224x224 is costly; every item of a shape shares it
+            self._inputs[key] = self.ctx.card.normalize(self.eval.images[: n * batch], size)
+        x = self._inputs[key]
         return [h.prepare(x[i * batch:(i + 1) * batch]) for i in range(n)]
 
     def measure_latency(self, case: Case, size: tuple[int, int], benchmark) -> dict:
@@ -237,7 +243,7 @@ class BenchSession:
     def measure_throughput(self, case: Case, size: tuple[int, int]) -> dict:
         bs = max(self.opts.batch_sizes)
         h = self.handle(case, shape=(*size, bs))
-        batch = self.latency_inputs(case, size, batch=bs)[0]
+        batch = self.latency_inputs(case, size, batch=bs, count=1)[0]
         rec = {"input_size": list(size), **measure.measure_throughput(h.run, batch, bs, self.device.sync)}
         item = self.item(case)
         item["throughput"] = [e for e in item["throughput"] if e["input_size"] != list(size)] + [rec]

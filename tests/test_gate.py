@@ -360,6 +360,28 @@ accuracy_budget_pp = 2.0
     assert c.for_item({"device": "x86", "variant": "fp16"}).accuracy_tolerance_pp == 0.0
 
 
+def test_shape_override_applies_to_that_shapes_latency_only(tmp_path):
+    # Sub-millisecond series at the native 32x32 move more between runs than 224x224 ones: the
+    # same 1.6x ratio growth fails at 224x224 and passes under a 32x32 override of 2x.
+    path = write_pyproject(tmp_path, """
+[tool.resnet18-bench.gate]
+ratio_tolerance = 0.25
+noisy_ratio_tolerance = 0.5
+
+[tool.resnet18-bench.gate.shapes."32x32"]
+ratio_tolerance = 1.0
+noisy_ratio_tolerance = 1.0
+""")
+    c = load_gate_config(path)
+    assert c.for_shape((32, 32)).ratio_tolerance == 1.0 and c.for_shape([224, 224]).ratio_tolerance == 0.25
+
+    for size, verdict in (([32, 32], "ok"), ([224, 224], "regression")):
+        shapes = ((*size, 1),)
+        findings = run_pair([fp32(1, shapes=shapes), int8(2, shapes=shapes)],
+                            [fp32(3, shapes=shapes), int8(4, p50_ms=3.2, shapes=shapes)], config=c)
+        assert [f.verdict for f in by(findings, "latency_ratio")] == [verdict]
+
+
 def test_config_missing_table_means_defaults(tmp_path):
     c = load_gate_config(write_pyproject(tmp_path, "[project]\nname = 'x'\n"))
     assert c == GateConfig()
@@ -384,6 +406,10 @@ def test_config_missing_table_means_defaults(tmp_path):
      'unknown key tool.resnet18-bench.gate.variants."int8".budget'),
     ('[tool.resnet18-bench.gate.variants]\nint8 = 2\n',
      'tool.resnet18-bench.gate.variants."int8" must be a table of gate keys'),
+    ('[tool.resnet18-bench.gate.shapes."32"]\nratio_tolerance = 1.0\n',
+     'tool.resnet18-bench.gate.shapes."32" is not an input shape; write it as HEIGHTxWIDTH'),
+    ('[tool.resnet18-bench.gate.shapes."32x32"]\nratio_tolerence = 1.0\n',
+     'unknown key tool.resnet18-bench.gate.shapes."32x32".ratio_tolerence; did you mean \'ratio_tolerance\'?'),
     ("[tool]\nresnet18-bench = 3\n", "tool.resnet18-bench must be a table"),
     ("[tool.resnet18-bench.gate\n", "not valid TOML"),
 ])

@@ -282,6 +282,76 @@ def test_switching_runtimes_waits_for_the_other_pool_to_go_quiet(clock):
     assert _runs(log) == [("run", 10), ("ref", 10 + 2 + 4), ("run", 8 + 4)]
 
 
+def test_reference_block_takes_as_much_time_as_the_candidate_block(clock):
+    # 1/1024 s candidate calls, 4/1024 s reference calls, blocks of 16, half the candidate's time:
+    # 16 * 0.5 / 4 = 2 reference calls per block, not 16 (which would take 4x the candidate's time).
+    log = []
+    spec = LatencySpec(min_samples=32, min_time_s=1.0, block=16, min_ref_block=2, ref_share=0.5, switch_calls=1,
+                       switch_time_s=0.0, **FAST)
+    rec = measure_latency(FakeBenchmark(clock), _workload(clock, log, "run", 1000 / 1024), [0], lambda: None,
+                          spec, reference=_workload(clock, log, "ref", 4000 / 1024), ref_inputs=[0])
+    assert _runs(log) == [("run", 10), ("ref", 10 + 1 + 2), ("run", 1 + 16), ("ref", 1 + 2), ("run", 1 + 16)]
+    assert rec["reference_block"] == 2 and len(rec["reference_samples_ms"]) == 4
+    assert rec["ratio_to_reference"] == pytest.approx(1 / 4)
+
+
+def test_reference_block_never_goes_below_its_floor_nor_above_the_block(clock):
+    def ref_block(run_ms, ref_ms):
+        spec = LatencySpec(min_samples=8, min_time_s=1.0, block=8, min_ref_block=3, ref_share=1.0, switch_calls=1,
+                           switch_time_s=0.0, **FAST)
+        return measure_latency(FakeBenchmark(clock), _workload(clock, [], "run", run_ms), [0], lambda: None, spec,
+                               reference=_workload(clock, [], "ref", ref_ms), ref_inputs=[0])["reference_block"]
+    assert ref_block(0.125, 64.0) == 3      # a very fast candidate: the floor
+    assert ref_block(64.0, 16.0) == 8       # a candidate slower than the reference: a whole block
+    assert ref_block(4.0, 8.0) == 4         # in between: proportional
+
+
+def _after_switch_slow(clock, log, tag, ms, slow_ms, slow_calls):
+    """A runtime whose first ``slow_calls`` calls after the other runtime ran are slow, like eager
+    calls while ONNX Runtime's workers still spin."""
+    state = {"since_other": 0}
+
+    def run(x):
+        if log and log[-1][0] != tag:
+            state["since_other"] = 0
+        state["since_other"] += 1
+        log.append((tag, x))
+        clock.advance((slow_ms if state["since_other"] <= slow_calls else ms) / 1e3)
+    return run
+
+
+def test_switching_waits_until_the_runtime_switched_to_is_back_to_its_settled_time(clock):
+    # The reference's first 3 calls after candidate calls take 8x as long (spinning workers of the
+    # other runtime); switch_calls=1 alone would time two of them.
+    log = []
+    spec = LatencySpec(min_samples=4, min_time_s=1.0, block=4, min_ref_block=4, switch_calls=1,
+                       switch_time_s=0.0, **FAST)
+    rec = measure_latency(FakeBenchmark(clock), _workload(clock, log, "run", 1.0), [0], lambda: None, spec,
+                          reference=_after_switch_slow(clock, log, "ref", 4.0, 32.0, 3), ref_inputs=[0])
+    # Warm-up settles the reference on 4 ms. 5 rounds (the floor), blocks at rounds 1 and 5: the
+    # first switch follows reference calls (1 untimed call); the second runs 3 slow + 1 settled.
+    assert _runs(log) == [("run", 10), ("ref", 10 + 1 + 4), ("run", 1 + 4), ("ref", 3 + 1 + 4), ("run", 1 + 1)]
+    assert rec["reference_samples_ms"] == [pytest.approx(4.0)] * 8
+
+
+def test_switching_gives_up_after_switch_max_time(clock):
+    # A reference that never recovers: the switch stops after switch_max_time_s and times anyway.
+    log = []
+    spec = LatencySpec(min_samples=4, min_time_s=1.0, block=4, min_ref_block=4, switch_calls=1,
+                       switch_time_s=0.0, switch_max_time_s=0.05, **FAST)
+    calls = {"n": 0}
+
+    def ref(x):
+        calls["n"] += 1
+        log.append(("ref", x))
+        clock.advance((4.0 if calls["n"] <= 10 else 16.0) / 1e3)  # settles at 4 ms, then slows for good
+
+    measure_latency(FakeBenchmark(clock), _workload(clock, log, "run", 1.0), [0], lambda: None, spec,
+                    reference=ref, ref_inputs=[0])
+    # After warm-up: 16 ms calls until 0.05 s have passed (4 calls = 64 ms), then 4 timed.
+    assert _runs(log)[1] == ("ref", 10 + 4 + 4)
+
+
 # The rule (LatencySpec): sample until min_samples or min_time_s of *candidate* time, whichever
 # comes first, never fewer than floor_samples and never more than max_samples.
 def test_latency_rounds_stop_at_min_samples_when_time_is_not_reached_first(clock):

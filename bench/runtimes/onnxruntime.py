@@ -94,15 +94,17 @@ class OnnxRuntime(Runtime):
         level = OPT_LEVELS[req.options.get("ort_opt_level", "all")]
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
         so.log_severity_level = 3
-        # Idle ONNX Runtime threads that spin keep two cores busy long after a call returns: the
-        # eager items of the same run read 44 ms instead of 26 ms at 224x224 (docs/PERFORMANCE.md).
-        # A process that runs ONNX Runtime alone may turn spinning on (0.5 vs 0.8 ms at 32x32).
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Spinning on (ONNX Runtime's default): without it every parallel op wakes a sleeping
+        # worker, and on a VM a wake-up costs what a 32x32 conv does. fp32 at 32x32 read 0.9-1.7 ms
+        # (moving with the host's load) instead of 0.5-0.6 ms; 224x224 is the same either way. Its
+        # cost, workers spinning ~60 ms after a call, is absorbed by measure._switch_to
+        # (docs/PERFORMANCE.md).
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1")
         sess = ort.InferenceSession(str(verified(path)), so, providers=self.providers(req.device))
         in_dtype = np.float16 if kind == "fp16" else np.float32
         info = {"providers": sess.get_providers(), "graph_optimization_level": level,
                 "intra_op_threads": req.threads, "inter_op_threads": 1, "execution_mode": "sequential",
-                "allow_spinning": False,
+                "allow_spinning": True,
                 "opset": OPSET, "onnxruntime": ort.__version__,
                 "quantization": None if kind != "int8" else ("dynamic (MatMul/Gemm)" if dynamic else
                                                              STATIC_FORMATS[int8_format][0])}
