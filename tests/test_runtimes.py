@@ -306,6 +306,9 @@ def test_onnxruntime_info_records_threads_and_optimization_level(world):
     info = world.handle("onnxruntime", INT8).info
     assert info["intra_op_threads"] == THREADS and info["inter_op_threads"] == 1
     assert info["graph_optimization_level"] == "ORT_ENABLE_ALL"
+    # Read back from the live session: spinning workers are what makes 32x32 fast (and what the
+    # runtime switch in bench/measure.py waits out), so the results must say whether it was on.
+    assert info["allow_spinning"] is True
     assert info["providers"] == ["CPUExecutionProvider"]
     assert "QDQ" in info["quantization"]
     assert world.handle("onnxruntime", "fp32").info["quantization"] is None

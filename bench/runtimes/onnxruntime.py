@@ -104,7 +104,8 @@ class OnnxRuntime(Runtime):
         in_dtype = np.float16 if kind == "fp16" else np.float32
         info = {"providers": sess.get_providers(), "graph_optimization_level": level,
                 "intra_op_threads": req.threads, "inter_op_threads": 1, "execution_mode": "sequential",
-                "allow_spinning": True,
+                "allow_spinning": sess.get_session_options().get_session_config_entry(
+                    "session.intra_op.allow_spinning") == "1",
                 "opset": OPSET, "onnxruntime": ort.__version__,
                 "quantization": None if kind != "int8" else ("dynamic (MatMul/Gemm)" if dynamic else
                                                              STATIC_FORMATS[int8_format][0])}
