@@ -31,7 +31,7 @@ from typing import Any
 
 from compress.errors import UserError
 
-from .results import describe
+from .results import describe, shape_id
 
 try:
     import tomllib
@@ -101,7 +101,7 @@ class GateConfig:
 
     def for_shape(self, input_size: tuple[int, int] | list[int]) -> GateConfig:
         """Thresholds for the latency series of one input shape ("32x32" table)."""
-        name = "x".join(str(int(v)) for v in input_size)
+        name = shape_id(input_size)
         return replace(self, **self.shapes[name]) if name in self.shapes else self
 
     def for_item(self, item: Mapping[str, Any]) -> GateConfig:

@@ -77,7 +77,7 @@ def _session(config):
 def pytest_generate_tests(metafunc):
     if "bench_case" not in metafunc.fixturenames:
         return
-    from .session import shape_id
+    from .results import shape_id
 
     session = _session(metafunc.config)
     params = []

@@ -48,6 +48,8 @@ import pandas as pd
 from compress.errors import UserError
 from compress.fsutil import atomic_write_bytes
 
+from .results import shape_id
+
 MB_BYTES = 1_000_000  # reports say MB = 10^6 bytes, as file managers on Linux/macOS do
 NOISY_CV = 0.10  # pyperf warns above 10%; the gate marks such samples "noisy" too
 DEFAULT_BUDGET_PP = 1.0
@@ -82,11 +84,6 @@ CLAIMS_PREFERRED_INPUT = (224, 224)  # the tutorial resizes to 224 (§2)
 
 # --- small helpers ------------------------------------------------------------------------
 
-def hw(size) -> str:
-    """[224, 224] -> "224x224"."""
-    return f"{size[0]}x{size[1]}"
-
-
 def _present(x) -> bool:
     return x is not None and not (isinstance(x, float) and math.isnan(x))
 
@@ -119,16 +116,16 @@ def _runtime_order(results: dict, runtimes) -> list[str]:
 
 def input_sizes(results: dict) -> list[str]:
     """Input sizes with latency data, native first, then in the order the run used them."""
-    sizes = [hw(s) for s in results.get("options", {}).get("input_sizes") or []]
+    sizes = [shape_id(s) for s in results.get("options", {}).get("input_sizes") or []]
     for it in _ok_items(results):
-        sizes += [hw(lat["input_size"]) for lat in it.get("latency") or []]
+        sizes += [shape_id(lat["input_size"]) for lat in it.get("latency") or []]
     sizes = list(dict.fromkeys(sizes))
     native = native_size(results)
     return sorted(sizes, key=lambda s: s != native)
 
 
 def native_size(results: dict) -> str:
-    return hw(results["dataset"]["input_size"])
+    return shape_id(results["dataset"]["input_size"])
 
 
 def size_title(results: dict, size: str) -> str:
@@ -189,7 +186,7 @@ def latency_frame(results: dict) -> pd.DataFrame:
             ratio = lat.get("ratio_to_reference")
             rows.append({
                 "id": it["id"], "variant": it["variant"], "runtime": it["runtime"],
-                "input_size": hw(lat["input_size"]), "batch_size": lat["batch_size"],
+                "input_size": shape_id(lat["input_size"]), "batch_size": lat["batch_size"],
                 "p50_ms": lat["p50_ms"], "p90_ms": lat["p90_ms"], "p99_ms": lat.get("p99_ms"),
                 "mean_ms": lat.get("mean_ms"), "stdev_ms": lat.get("stdev_ms"), "cv": lat.get("cv"),
                 "ratio_to_reference": ratio, "speedup": 1 / ratio if ratio else None,
@@ -204,7 +201,7 @@ def latency_frame(results: dict) -> pd.DataFrame:
 
 def throughput_frame(results: dict) -> pd.DataFrame:
     rows = [{"id": it["id"], "variant": it["variant"], "runtime": it["runtime"],
-             "input_size": hw(tp["input_size"]), "batch_size": tp["batch_size"], "img_s": tp["img_s"]}
+             "input_size": shape_id(tp["input_size"]), "batch_size": tp["batch_size"], "img_s": tp["img_s"]}
             for it in _ok_items(results) for tp in it.get("throughput") or []]
     cols = ["id", "variant", "runtime", "input_size", "batch_size", "img_s"]
     return _ordered(results, pd.DataFrame(rows, columns=cols))
@@ -1069,7 +1066,7 @@ def claims_frame(results_list: list[dict], labels: list[str]) -> pd.DataFrame:
                 "size_mb": frame.at[item["id"], "size_mb"], "size_gzip_mb": frame.at[item["id"], "size_gzip_mb"],
                 "top1_pct": frame.at[item["id"], "top1_pct"], "delta_pp": frame.at[item["id"], "delta_pp"],
                 "latency_ms": lat["p50_ms"] if lat else None,
-                "latency_what": (f"batch-1 p50 at {hw(lat['input_size'])}, {REFERENCE_RUNTIME}, {results['device']}"
+                "latency_what": (f"batch-1 p50 at {shape_id(lat['input_size'])}, {REFERENCE_RUNTIME}, {results['device']}"
                                  + (" (noisy)" if _present(lat.get("cv")) and lat["cv"] > NOISY_CV else "")
                                  if lat else None),
                 "speedup": 1 / ratio if ratio else None, "reason": None})

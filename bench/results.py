@@ -311,10 +311,14 @@ RESULTS_FIELDS: dict[str, Field] = {
 }
 
 
+def shape_id(size) -> str:
+    """[224, 224] -> "224x224": how an input shape is named in test ids, reports and gate tables."""
+    return f"{size[0]}x{size[1]}"
+
+
 def shape_key(entry: dict) -> str:
     """"224x224/b1": how latency and throughput series are named in findings and baselines."""
-    h, w = entry["input_size"]
-    return f"{h}x{w}/b{entry['batch_size']}"
+    return f"{shape_id(entry['input_size'])}/b{entry['batch_size']}"
 
 
 def fmt_ms(x: float) -> str:

@@ -48,10 +48,6 @@ class PlannedCase:
     skip_reason: str | None
 
 
-def shape_id(size: tuple[int, int]) -> str:
-    return f"{size[0]}x{size[1]}"
-
-
 def own_module_per_shape(case: Case) -> bool:
     """Whether each timed input shape of ``case`` loads a module of its own (see handle())."""
     return get_recipe(case.variant).kind == "int8" and RUNTIMES[case.runtime].int8_module_per_shape
@@ -381,4 +377,4 @@ def result_paths(report_dir: Path, dataset: str, device: str) -> tuple[Path, Pat
     return unique, report_dir / f"{dataset}-{device}.json"
 
 
-__all__ = ["BenchSession", "Case", "PlannedCase", "shape_id", "result_paths"]
+__all__ = ["BenchSession", "Case", "PlannedCase", "result_paths"]

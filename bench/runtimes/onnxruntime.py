@@ -15,6 +15,7 @@ import torch
 from .base import Handle, LoadRequest, Runtime, cached_file, verified
 
 OPSET = 17
+SPINNING = "session.intra_op.allow_spinning"  # set on every session, read back into runtime_info
 OPT_LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC",
               "disabled": "ORT_DISABLE_ALL"}
 
@@ -99,13 +100,12 @@ class OnnxRuntime(Runtime):
         # (moving with the host's load) instead of 0.5-0.6 ms; 224x224 is the same either way. Its
         # cost, workers spinning ~60 ms after a call, is absorbed by measure._switch_to
         # (docs/PERFORMANCE.md).
-        so.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        so.add_session_config_entry(SPINNING, "1")
         sess = ort.InferenceSession(str(verified(path)), so, providers=self.providers(req.device))
         in_dtype = np.float16 if kind == "fp16" else np.float32
         info = {"providers": sess.get_providers(), "graph_optimization_level": level,
                 "intra_op_threads": req.threads, "inter_op_threads": 1, "execution_mode": "sequential",
-                "allow_spinning": sess.get_session_options().get_session_config_entry(
-                    "session.intra_op.allow_spinning") == "1",
+                "allow_spinning": sess.get_session_options().get_session_config_entry(SPINNING) == "1",
                 "opset": OPSET, "onnxruntime": ort.__version__,
                 "quantization": None if kind != "int8" else ("dynamic (MatMul/Gemm)" if dynamic else
                                                              STATIC_FORMATS[int8_format][0])}
