@@ -1,4 +1,4 @@
-"""bench/report.py and `python -m bench report`: golden files, the rules, merge, claims, CLI.
+"""bench/report/ and `python -m bench report`: golden files, the rules, merge, claims, CLI.
 
 Regenerate the golden markdown after an intended change with
     UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_report.py
@@ -14,10 +14,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
 import pytest
 
 from bench import report
 from bench.__main__ import main
+from bench.report.claims import CLAIMS_PATH, load_claims, tutorial_claims
 from bench.results import validate_results
 from compress.errors import UserError
 
@@ -225,6 +231,24 @@ def test_noisy_samples_are_warned(x86):
     assert "(noisy)" in text.split("## Summary")[1].split("##")[0]
 
 
+def test_noisy_threshold_is_the_gates_cv_warn(x86, rpi):
+    # int8-dynamic eager at 32x32 batch 1 has cv 0.20: noisy at the default cv_warn (0.10).
+    assert "cv_warn" not in x86["gate"]
+    lat = report.latency_frame(x86).set_index(["id", "input_size", "batch_size"])
+    series = ("int8-dynamic-eager-x86", "32x32", 1)
+    assert lat.at[series, "cv"] == 0.2 and lat.at[series, "noisy"]
+    assert "cv 0.20 > 0.1 at 32x32 batch 1" in report.merge([x86, rpi])
+    # The gate of this run allowed cv up to 0.5: the report must not call the series noisy.
+    x86["gate"]["cv_warn"] = 0.5
+    validate_results(x86, "results-x86.json")
+    assert not report.latency_frame(x86)["noisy"].any()
+    text = report.render_markdown(x86)
+    assert "## Noisy samples (cv > 0.5)" in text and "No sample has cv > 0.5." in text
+    assert "(noisy)" not in text and "WARNING: `int8-dynamic-eager-x86`" not in text
+    merged = report.merge([x86, rpi], claims=True)
+    assert "cv 0.20 >" not in merged and "(noisy)" not in merged
+
+
 def test_gate_verdicts_regressions_first(x86):
     gate = report.gate_frame(x86)
     assert gate["verdict"].tolist()[0] == "regression"
@@ -292,9 +316,50 @@ def test_merge_of_nothing_is_an_error():
 # --- claims ---------------------------------------------------------------------------------
 
 def test_claims_are_data_with_a_source():
-    assert [(c["variant"], c["size_mb"], c["top1_pct"], c["latency_ms"]) for c in report.TUTORIAL_CLAIMS] == [
+    claims = tutorial_claims()
+    assert [(c.variant, c.size_mb, c.top1_pct, c.latency_ms_per_image) for c in claims.claims] == [
         ("fp32", 44.7, 92.0, 15.0), ("prune-l1-20", 35.8, 91.5, 12.0), ("int8-dynamic", 8.4, 90.8, 8.0)]
-    assert "../shared/seed/" in report.TUTORIAL_CLAIMS_SOURCE
+    assert "../shared/seed/" in claims.source
+    assert claims.claims[0].section == "tutorial §2, fp32 baseline"
+    assert {c.hardware for c in claims.claims} == {"RTX 3090 GPU"}
+    assert claims.claims[2].size_differs.min_fraction_of_fp32 == 0.5
+
+
+def test_claims_file_ships_in_the_wheel():
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    assert "*.toml" in setuptools["package-data"]["bench.report"]
+
+
+BAD_CLAIMS = {
+    "not toml": ("source = ", "not valid TOML"),
+    "missing number": (lambda text: text.replace("size_mb = 35.8\n", ""), "missing field claims[1].size_mb"),
+    "misspelt key": (lambda text: text.replace("top1_pct = 91.5", "top1_pc = 91.5"), "unknown key claims[1].top1_pc"),
+    "text for a number": (lambda text: text.replace("size_mb = 8.4", 'size_mb = "8.4"'),
+                          "claims[2].size_mb must be a finite number"),
+    "zero latency": (lambda text: text.replace("latency_ms_per_image = 15.0", "latency_ms_per_image = 0"),
+                     "claims[0].latency_ms_per_image must be > 0"),
+    "unknown rule": (lambda text: text.replace('rule = "fc-only"', 'rule = "smaller"'),
+                     "claims[2].size_differs.rule must be one of"),
+    "rule without its threshold": (lambda text: text.replace("min_fraction_of_fp32 = 0.5", ""),
+                                   "min_fraction_of_fp32 is required"),
+    "no fp32": (lambda text: text.replace('variant = "fp32"', 'variant = "fp16"'), "no claim about fp32"),
+    "two hardwares": (lambda text: text.replace('hardware = "RTX 3090 GPU"\nsize_mb = 8.4',
+                                                'hardware = "A100"\nsize_mb = 8.4'), "claims[2].hardware"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CLAIMS)
+def test_malformed_claims_file_is_one_user_error_line(case, tmp_path):
+    edit, expected = BAD_CLAIMS[case]
+    good = CLAIMS_PATH.read_text(encoding="utf-8")
+    text = edit(good) if callable(edit) else edit
+    assert text != good
+    bad = tmp_path / "claims.toml"
+    bad.write_text(text, encoding="utf-8")
+    with pytest.raises(UserError) as err:
+        load_claims(bad)
+    message = str(err.value)
+    assert expected in message and message.startswith(str(bad)) and "\n" not in message
 
 
 def test_claims_section_labels_claims_beside_measurements(x86, rpi):

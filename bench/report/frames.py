@@ -1,0 +1,251 @@
+"""The data step: a results document -> pandas frames with numeric columns (no formatting).
+
+Row order everywhere: fp32 first, then variants in the order the run produced them; runtimes
+in options.runtimes order. One row per (variant, runtime) item, never "best runtime per
+variant" unless a frame says so: which runtime is best depends on the input size, and hiding a
+runtime hides the gate's view of it.
+"""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from compress.errors import UserError
+
+from ..results import REFERENCE_VARIANT, VERDICT_ORDER, cv_warn, is_reference, shape_id
+
+MB_BYTES = 1_000_000  # reports say MB = 10^6 bytes, as file managers on Linux/macOS do
+
+
+# --- small helpers -------------------------------------------------------------------------
+
+def _present(x) -> bool:
+    return x is not None and not (isinstance(x, float) and math.isnan(x))
+
+
+def is_noisy(cv, cv_limit: float) -> bool:
+    """The gate's rule: a series whose cv is above the run's cv_warn is noisy."""
+    return _present(cv) and cv > cv_limit
+
+
+def _ok_items(results: dict) -> list[dict]:
+    return [it for it in results.get("items", []) if it.get("status") == "ok"]
+
+
+def _reference_item(results: dict) -> dict | None:
+    return next((it for it in _ok_items(results) if is_reference(it)), None)
+
+
+def _variant_order(variants) -> list[str]:
+    seen = list(dict.fromkeys(variants))
+    return sorted(seen, key=lambda v: (v != REFERENCE_VARIANT, seen.index(v)))
+
+
+def _runtime_order(results: dict, runtimes) -> list[str]:
+    preferred = list(results.get("options", {}).get("runtimes") or [])
+    seen = list(dict.fromkeys(runtimes))
+    return sorted(seen, key=lambda r: (preferred.index(r) if r in preferred else len(preferred), seen.index(r)))
+
+
+def input_sizes(results: dict) -> list[str]:
+    """Input sizes with latency data, native first, then in the order the run used them."""
+    sizes = [shape_id(s) for s in results.get("options", {}).get("input_sizes") or []]
+    for it in _ok_items(results):
+        sizes += [shape_id(lat["input_size"]) for lat in it.get("latency") or []]
+    sizes = list(dict.fromkeys(sizes))
+    native = native_size(results)
+    return sorted(sizes, key=lambda s: s != native)
+
+
+def native_size(results: dict) -> str:
+    return shape_id(results["dataset"]["input_size"])
+
+
+def size_title(results: dict, size: str) -> str:
+    return f"{size} (native)" if size == native_size(results) else f"{size} (deployment)"
+
+
+def _check_shape(results: dict) -> None:
+    """render/merge take dicts from code too; fail with a sentence, not a KeyError."""
+    if not isinstance(results, dict):
+        raise UserError("results must be a dict loaded from a results JSON file")
+    for key in ("dataset", "device", "items", "checkpoint"):
+        if key not in results:
+            raise UserError(f"results has no {key!r}: pass a results JSON written by `pytest bench/`")
+
+
+def _ci95(acc: dict) -> tuple[float, float]:
+    if acc.get("ci95"):
+        return tuple(acc["ci95"])
+    from bench.stats import wilson_interval  # lazy: keeps this module light to import
+
+    return wilson_interval(acc["correct"], acc["n"])
+
+
+# --- results -> DataFrames -----------------------------------------------------------------
+
+def items_frame(results: dict) -> pd.DataFrame:
+    """One row per "ok" item: size, accuracy and the change vs fp32-eager of the same run."""
+    ref = _reference_item(results)
+    ref_top1 = ref["accuracy"]["top1"] if ref and ref.get("accuracy") else None
+    rows = []
+    for it in _ok_items(results):
+        acc = it.get("accuracy") or {}
+        top1 = acc.get("top1")
+        lo, hi = _ci95(acc) if top1 is not None else (None, None)
+        gzip_bytes = it.get("size_gzip_bytes")
+        rows.append({
+            "id": it["id"], "variant": it["variant"], "runtime": it["runtime"],
+            "size_bytes": it.get("size_bytes"),
+            "size_mb": it["size_bytes"] / MB_BYTES if _present(it.get("size_bytes")) else None,
+            "size_gzip_mb": gzip_bytes / MB_BYTES if _present(gzip_bytes) else None,
+            "top1_pct": top1 * 100 if top1 is not None else None,
+            "ci_lo_pct": lo * 100 if lo is not None else None,
+            "ci_hi_pct": hi * 100 if hi is not None else None,
+            "n": acc.get("n"),
+            "agreement_pct": acc["agreement_with_fp32"] * 100 if _present(acc.get("agreement_with_fp32")) else None,
+            "delta_pp": (top1 - ref_top1) * 100 if top1 is not None and ref_top1 is not None else None,
+        })
+    cols = ["id", "variant", "runtime", "size_bytes", "size_mb", "size_gzip_mb", "top1_pct", "ci_lo_pct",
+            "ci_hi_pct", "n", "agreement_pct", "delta_pp"]
+    return _ordered(results, pd.DataFrame(rows, columns=cols))
+
+
+def latency_frame(results: dict) -> pd.DataFrame:
+    """One row per (item, input size, batch size); speedup = 1 / ratio_to_reference; "noisy"
+    by the cv_warn the run's gate used."""
+    cv_limit = cv_warn(results)
+    rows = []
+    for it in _ok_items(results):
+        for lat in it.get("latency") or []:
+            ratio = lat.get("ratio_to_reference")
+            rows.append({
+                "id": it["id"], "variant": it["variant"], "runtime": it["runtime"],
+                "input_size": shape_id(lat["input_size"]), "batch_size": lat["batch_size"],
+                "p50_ms": lat["p50_ms"], "p90_ms": lat["p90_ms"], "p99_ms": lat.get("p99_ms"),
+                "mean_ms": lat.get("mean_ms"), "stdev_ms": lat.get("stdev_ms"), "cv": lat.get("cv"),
+                "ratio_to_reference": ratio, "speedup": 1 / ratio if ratio else None,
+                "reference_id": lat.get("reference_id"),
+                "noisy": is_noisy(lat.get("cv"), cv_limit),
+                "samples_ms": list(lat.get("samples_ms") or []),
+            })
+    cols = ["id", "variant", "runtime", "input_size", "batch_size", "p50_ms", "p90_ms", "p99_ms", "mean_ms",
+            "stdev_ms", "cv", "ratio_to_reference", "speedup", "reference_id", "noisy", "samples_ms"]
+    return _ordered(results, pd.DataFrame(rows, columns=cols))
+
+
+def throughput_frame(results: dict) -> pd.DataFrame:
+    rows = [{"id": it["id"], "variant": it["variant"], "runtime": it["runtime"],
+             "input_size": shape_id(tp["input_size"]), "batch_size": tp["batch_size"], "img_s": tp["img_s"]}
+            for it in _ok_items(results) for tp in it.get("throughput") or []]
+    cols = ["id", "variant", "runtime", "input_size", "batch_size", "img_s"]
+    return _ordered(results, pd.DataFrame(rows, columns=cols))
+
+
+def _ordered(results: dict, df: pd.DataFrame) -> pd.DataFrame:
+    """Stable row order: fp32 first, variants as produced, runtimes as in options."""
+    if df.empty:
+        return df
+    v_rank = {v: i for i, v in enumerate(_variant_order(df["variant"]))}
+    r_rank = {r: i for i, r in enumerate(_runtime_order(results, df["runtime"]))}
+    df = df.assign(_v=df["variant"].map(v_rank), _r=df["runtime"].map(r_rank), _i=range(len(df)))
+    return df.sort_values(["_v", "_r", "_i"], kind="stable").drop(columns=["_v", "_r", "_i"]).reset_index(drop=True)
+
+
+def problems_frame(results: dict) -> pd.DataFrame:
+    """Skipped and errored items with their reasons: nothing is dropped silently."""
+    rows = [{"id": it["id"], "status": it.get("status"), "reason": it.get("reason")}
+            for it in results.get("items", []) if it.get("status") != "ok"]
+    listed = {r["id"] for r in rows}
+    rows += [{"id": s["id"], "status": "skipped", "reason": s.get("reason")}
+             for s in results.get("skipped") or [] if s["id"] not in listed]
+    return pd.DataFrame(rows, columns=["id", "status", "reason"])
+
+
+def noisy_frame(results: dict) -> pd.DataFrame:
+    """The latency rows with cv above the run's cv_warn."""
+    lat = latency_frame(results)
+    return lat[lat["noisy"].astype(bool)].reset_index(drop=True)
+
+
+def best_runtime_frame(results: dict, input_size: str) -> pd.DataFrame:
+    """Per variant, its fastest runtime at batch 1 and ``input_size``, against the fastest fp32
+    runtime of the same run (the bar a compressed model has to beat, not fp32 eager)."""
+    lat = latency_frame(results)
+    b1 = lat[(lat["batch_size"] == 1) & (lat["input_size"] == input_size)]
+    fp32 = b1[b1["variant"] == REFERENCE_VARIANT]
+    if b1.empty or fp32.empty:
+        return pd.DataFrame()
+    bar = fp32.loc[fp32["p50_ms"].idxmin()]
+    items = items_frame(results).set_index("id")
+    rows = []
+    for variant in _variant_order(b1["variant"]):
+        best = b1[b1["variant"] == variant].sort_values("p50_ms").iloc[0]
+        it = items.loc[best["id"]] if best["id"] in items.index else None
+        rows.append({"variant": variant, "runtime": best["runtime"], "p50_ms": best["p50_ms"],
+                     "speedup_vs_fastest_fp32": bar["p50_ms"] / best["p50_ms"],
+                     "size_mb": None if it is None else it["size_mb"],
+                     "smaller_than_fp32": None, "delta_pp": None if it is None else it["delta_pp"],
+                     "noisy": bool(best["noisy"])})
+    df = pd.DataFrame(rows)
+    fp32_size = items[items["variant"] == REFERENCE_VARIANT]["size_mb"].max()
+    if _present(fp32_size):
+        df["smaller_than_fp32"] = fp32_size / df["size_mb"]
+    df.attrs["bar"] = f"fp32 on {bar['runtime']}, {bar['p50_ms']:.2f} ms"
+    return df
+
+
+def runtime_frames(results: dict) -> dict[str, pd.DataFrame]:
+    """runtime -> one row per variant with every measured shape (batch sizes included)."""
+    items = items_frame(results)
+    lat = latency_frame(results)
+    tput = throughput_frame(results)
+    frames = {}
+    for runtime in _runtime_order(results, items["runtime"]):
+        df = items[items["runtime"] == runtime][["id", "variant", "size_mb", "top1_pct", "agreement_pct"]].copy()
+        mine = lat[lat["runtime"] == runtime]
+        for (size, batch), grp in mine.groupby(["input_size", "batch_size"], sort=False):
+            df[f"p50_ms@{size}/b{batch}"] = df["id"].map(grp.set_index("id")["p50_ms"])
+        mine_t = tput[tput["runtime"] == runtime]
+        for (size, batch), grp in mine_t.groupby(["input_size", "batch_size"], sort=False):
+            df[f"img_s@{size}/b{batch}"] = df["id"].map(grp.set_index("id")["img_s"])
+        frames[runtime] = df.reset_index(drop=True)
+    return frames
+
+
+def latency_pivot(results: dict, input_size: str) -> pd.DataFrame:
+    """Batch-1 p50 (ms), variant rows x runtime columns; NaN where not measured."""
+    lat = latency_frame(results)
+    b1 = lat[(lat["batch_size"] == 1) & (lat["input_size"] == input_size)]
+    if b1.empty:
+        return pd.DataFrame()
+    pivot = b1.pivot_table(index="variant", columns="runtime", values="p50_ms", aggfunc="first")
+    return pivot.reindex(index=_variant_order(b1["variant"]), columns=_runtime_order(results, b1["runtime"]))
+
+
+def verdict_text(finding: dict) -> str:
+    """"1.31x slower" for latency checks with both numbers, else the gate's verdict word."""
+    verdict = finding.get("verdict", "")
+    value, baseline = finding.get("value"), finding.get("baseline")
+    if "latency" in str(finding.get("check", "")) and _present(value) and _present(baseline) and baseline > 0:
+        ratio = value / baseline
+        if verdict == "regression":
+            return f"{ratio:.2f}x slower"
+        if verdict in ("ok", "not significant"):
+            return f"{verdict} ({ratio:.2f}x)"
+    return verdict
+
+
+def gate_frame(results: dict) -> pd.DataFrame | None:
+    """The gate's findings, most severe verdict first; None when the gate has not run."""
+    gate = results.get("gate")
+    if not gate:
+        return None
+    rows = [{"id": f.get("id"), "check": f.get("check"), "shape": f.get("shape"), "verdict": f.get("verdict"),
+             "verdict_text": verdict_text(f), "message": f.get("message"), "limit": f.get("limit")}
+            for f in gate.get("findings") or []]
+    df = pd.DataFrame(rows, columns=["id", "check", "shape", "verdict", "verdict_text", "message", "limit"])
+    rank = {v: i for i, v in enumerate(VERDICT_ORDER)}
+    df["_rank"] = df["verdict"].map(lambda v: rank.get(v, len(rank)))
+    return df.sort_values("_rank", kind="stable").drop(columns="_rank").reset_index(drop=True)
