@@ -10,9 +10,15 @@ GOMP_SPINCOUNT in the environment wins; the value in force is recorded in every 
 """
 import os
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
 OMP_SPINCOUNT_DEFAULT = "10000"
 # Recorded in results: once libgomp is loaded it ignores later changes to the environment.
 TORCH_PRELOADED = "torch" in sys.modules
 if not TORCH_PRELOADED:
     os.environ.setdefault("GOMP_SPINCOUNT", OMP_SPINCOUNT_DEFAULT)
+
+try:
+    __version__ = version("resnet18-bench")  # recorded in every results file
+except PackageNotFoundError:  # a checkout on sys.path without an install
+    __version__ = "0+unknown"

@@ -39,7 +39,6 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, packaged as tomli
     import tomli as tomllib
 
 TABLE = "tool.resnet18-bench.gate"
-DEFAULT_PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
 
 def _no_overrides() -> Mapping[str, Mapping[str, Any]]:
@@ -203,18 +202,19 @@ def parse_pyproject(data: Any, source: str) -> GateConfig:
     return parse_gate_table(node, source)
 
 
-def load_gate_config(pyproject_path: str | os.PathLike | None = None) -> GateConfig:
-    """Thresholds from ``pyproject_path`` (default: the project's own pyproject.toml).
+def load_gate_config(pyproject_path: str | os.PathLike, required: bool = True) -> GateConfig:
+    """Thresholds from ``pyproject_path``, the project being measured (pytest's rootdir, or
+    ``--gate-config``), never from where this package is installed.
 
-    A missing default pyproject means built-in defaults (e.g. an installed copy of the tool);
-    a missing explicit path is an error, since the caller asked for that file.
+    A missing file is an error when the caller named it (``required``); otherwise it means the
+    built-in defaults, and the results say so ("built-in defaults" as the source).
     """
-    path = Path(pyproject_path) if pyproject_path is not None else DEFAULT_PYPROJECT
+    path = Path(pyproject_path)
     source = str(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        if pyproject_path is None:
+        if not required:
             return GateConfig()
         raise UserError(f"{source}: no such file; pass the path of the project's "
                         "pyproject.toml") from None

@@ -50,11 +50,9 @@ from typing import Any
 
 from .baselines import BaselineStore
 from .config import GateConfig
-from .results import emulation, fmt_ms, item_label, shape_key
+from .results import VERDICT_ORDER, emulation, fmt_ms, is_reference, item_label, shape_key
 from .stats import mann_whitney_p, mcnemar_p, unpack_bits
 
-REFERENCE_VARIANT = "fp32"
-REFERENCE_RUNTIME = "eager"
 # Counts are compared as pp of n; this keeps 1/3 * 3 style float error from flipping a verdict.
 _EPS_PP = 1e-9
 
@@ -124,8 +122,7 @@ def check_accuracy_stored(item: dict, base_item: dict, same_machine: bool,
 def find_reference(item: dict, results: dict) -> dict | None:
     """The fp32-eager item measured on the same device in the same run, if it succeeded."""
     for other in results["items"]:
-        if (other["variant"] == REFERENCE_VARIANT and other["runtime"] == REFERENCE_RUNTIME
-                and other["device"] == item["device"] and other["status"] == "ok"):
+        if is_reference(other) and other["device"] == item["device"] and other["status"] == "ok":
             return other
     return None
 
@@ -333,6 +330,8 @@ def run_gate(results: dict, store: BaselineStore, config: GateConfig) -> dict:
         # The default budget, so the report can say what "within budget" meant without
         # reading pyproject; per-variant budgets are each accuracy_budget finding's limit.
         "accuracy_budget_pp": config.accuracy_budget_pp,
+        "cv_warn": config.cv_warn,
+        "config_source": config.source,
         "findings": [f.to_dict() for f in findings],
     }
 
@@ -346,15 +345,10 @@ def format_summary(findings: Iterable[Finding | dict]) -> str:
     found = [_as_dict(f) for f in findings]
     lines = [f["message"] for f in found if f["verdict"] == "regression"]
     counts = Counter(f["verdict"] for f in found)
-    order = ["regression", "not significant", "noisy", "new", "missing", "skipped", "ok"]
-    tally = ", ".join(f"{counts[v]} {v}" for v in order if counts[v])
+    tally = ", ".join(f"{counts[v]} {v}" for v in VERDICT_ORDER if counts[v])
     n_reg = counts["regression"]
     if n_reg:
         lines.append(f"{n_reg} regression{'s' if n_reg != 1 else ''} ({tally})")
     else:
         lines.append(f"no regressions ({tally or 'nothing checked'})")
     return "\n".join(lines)
-
-
-def has_regressions(gate_block: dict) -> bool:
-    return any(f["verdict"] == "regression" for f in gate_block.get("findings", []))

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from compress.registry import Kind
+
 from .stats import latency_stats, pack_bits, wilson_interval
 
 
@@ -196,7 +198,7 @@ def _agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float((a.argmax(1) == b.argmax(1)).mean())
 
 
-def equivalence_record(logits: np.ndarray, ref_logits: np.ndarray, kind: str, reference_id: str,
+def equivalence_record(logits: np.ndarray, ref_logits: np.ndarray, kind: Kind | str, reference_id: str,
                        requantized: tuple[np.ndarray, np.ndarray, str] | None = None) -> dict:
     """fp32: max |a-b| / max |ref| <= 1e-3. Float reassociation in fused or reordered kernels moves
     ResNet18 logits by ~1e-6..1e-5 relative; a real bug (wrong weights, layout, preprocessing) moves
@@ -205,8 +207,9 @@ def equivalence_record(logits: np.ndarray, ref_logits: np.ndarray, kind: str, re
     agreement = float((logits.argmax(1) == ref_logits.argmax(1)).mean())
     rel = float(np.abs(logits - ref_logits).max() / max(np.abs(ref_logits).max(), 1e-12))
     finite = bool(np.isfinite(logits).all())
+    kind = Kind(kind)
     extra = {}
-    if kind == "int8" and requantized is not None:
+    if kind.quantized and requantized is not None:
         # The runtime quantized the float model itself (ONNX Runtime): two independent int8
         # roundings of one float model each agree ~99% with it, but only ~98.5% with each other
         # (CIFAR-10 reference: 99.1% and 98.6% vs 98.4%). So the runtime's int8 model must agree
@@ -221,10 +224,10 @@ def equivalence_record(logits: np.ndarray, ref_logits: np.ndarray, kind: str, re
                 f"{float_id} >= {floor:.4f} (PyTorch int8's {eager_own:.4f} - 0.005, at least 0.98)")
         extra = {"float_reference": float_id, "float_agreement": round(own, 6),
                  "reference_float_agreement": round(eager_own, 6)}
-    elif kind == "int8":
+    elif kind.quantized:
         passed, rule = agreement >= 0.99, "top-1 agreement >= 0.99"
     else:
-        tol = 2e-2 if kind == "fp16" else 1e-3
+        tol = 2e-2 if kind.half else 1e-3
         passed, rule = rel <= tol, f"max relative error <= {tol:g}"
     # NaN/inf is not JSON and fails the results schema: a non-finite error is recorded as null
     # (with finite=False), so one broken variant fails its own item, not the whole results file.

@@ -1,39 +1,17 @@
 """Typed parsers for the plugin's options: a bad value fails at start-up with a usage error."""
 from __future__ import annotations
 
-import argparse
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from compress.argtypes import fail, nonneg_float, positive_int
 
 from .devices import DEVICE_CHOICES
 
 BASELINE_MISSING = ("fail", "skip", "record")
-ORT_OPT_LEVELS = ("all", "extended", "basic", "disabled")
-
-
-def _fail(msg: str):
-    raise argparse.ArgumentTypeError(msg)
-
-
-def positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        _fail(f"expected a positive integer, got {s!r}")
-    if v < 1:
-        _fail(f"expected a positive integer, got {v}")
-    return v
-
-
-def nonneg_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        _fail(f"expected a number, got {s!r}")
-    if not (v >= 0 and v < float("inf")):
-        _fail(f"expected a finite number >= 0, got {s}")
-    return v
 
 
 # Throughput at the batch a deployment would use: 32 for a CPU box, 256 to fill a GPU.
@@ -52,14 +30,14 @@ def int_list(s: str) -> tuple[int, ...]:
     """``1,32`` -> (1, 32); 1 is always included (batch-1 latency is the headline number)."""
     vals = {positive_int(p.strip()) for p in s.split(",") if p.strip()}
     if not vals:
-        _fail("expected a comma list of positive integers, e.g. 1,32")
+        fail("expected a comma list of positive integers, e.g. 1,32")
     return tuple(sorted(vals | {1}))
 
 
 def name_list(s: str) -> tuple[str, ...]:
     vals = tuple(dict.fromkeys(p.strip() for p in s.split(",") if p.strip()))
     if not vals:
-        _fail("expected a comma list of names")
+        fail("expected a comma list of names")
     return vals
 
 
@@ -77,12 +55,12 @@ def input_sizes(s: str) -> tuple[str | int, ...]:
         try:
             v = int(p)
         except ValueError:
-            _fail(f"input size {p!r}: expected 'native' or a square size in pixels such as 224 or 224x224")
+            fail(f"input size {p!r}: expected 'native' or a square size in pixels such as 224 or 224x224")
         if not 8 <= v <= 1024:
-            _fail(f"input size {v}: expected 8 to 1024 pixels")
+            fail(f"input size {v}: expected 8 to 1024 pixels")
         out.append(v)
     if not out:
-        _fail("expected e.g. native,224")
+        fail("expected e.g. native,224")
     return tuple(dict.fromkeys(out))
 
 
@@ -111,17 +89,25 @@ class BenchOptions:
     update_baselines: bool
     baseline_missing: str
     gate: bool
-    ort_opt_level: str
     latency_gate: str = "fail"
-    ort_int8_format: str = "qdq"
+    gate_config: Path | None = None  # --gate-config: this file must exist
+    project_root: Path | None = None  # pytest's rootdir: its pyproject.toml configures the gate if it has one
+    # runtime name -> {option dest: value}: each runtime's own options (RuntimeOption)
+    runtime_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def flat_runtime_options(self) -> dict[str, Any]:
+        """Every runtime option by its dest (option names are unique across runtimes)."""
+        return {k: v for opts in self.runtime_options.values() for k, v in opts.items()}
 
 
-def add_options(parser, root: Path) -> None:
+def add_options(parser) -> None:
+    from .runtimes import runtimes
+
     g = parser.getgroup("resnet18-bench", "compressed ResNet18 benchmark (pytest bench/)")
     g.addoption("--device", default="cpu", choices=DEVICE_CHOICES,
                 help="cpu (this host's architecture), x86, arm or cuda; a device the host lacks is a usage error")
     g.addoption("--runtime", type=name_list, default=None,
-                help="comma list of eager, torchscript, onnxruntime (default: every runtime available here)")
+                help=f"comma list of {', '.join(runtimes())} (default: every runtime available here)")
     g.addoption("--variant", type=name_list, default=("*",), help="comma list of variant names or glob patterns")
     g.addoption("--dataset", default="digits", choices=("digits", "imagefolder", "cifar10"),
                 help="digits (embedded, offline default), imagefolder, cifar10")
@@ -142,31 +128,41 @@ def add_options(parser, root: Path) -> None:
                 help="latency shapes: 'native' (the card's) and square sizes (default native,224)")
     g.addoption("--min-samples", type=positive_int, default=100, help="latency samples per item, at least")
     g.addoption("--min-time", type=nonneg_float, default=2.0, help="seconds per latency item, at least")
-    g.addoption("--report-dir", type=Path, default=root / "reports", help="markdown report and results JSON")
-    g.addoption("--baseline-dir", type=Path, default=root / "baselines", help="stored baselines")
+    g.addoption("--report-dir", type=Path, default=None,
+                help="markdown report and results JSON (default: reports/ at pytest's rootdir)")
+    g.addoption("--baseline-dir", type=Path, default=None,
+                help="stored baselines (default: baselines/ at pytest's rootdir)")
     g.addoption("--update-baselines", action="store_true", help="record or refresh baselines from this run")
     g.addoption("--baseline-missing", default="fail", choices=BASELINE_MISSING,
                 help="where no baseline exists: fail (default), skip, or record it")
     g.addoption("--no-gate", action="store_true", help="measure and report only; compare nothing")
     g.addoption("--latency-gate", default="fail", choices=("fail", "report"),
                 help="latency regressions fail their item (default) or are only reported")
-    g.addoption("--ort-opt-level", default="all", choices=ORT_OPT_LEVELS,
-                help="ONNX Runtime graph optimization level (recorded in the results)")
-    g.addoption("--ort-int8-format", default="qdq", choices=("qdq", "qdq-s8s8", "qoperator"),
-                help="ONNX Runtime static int8: qdq (QuantizeLinear/DequantizeLinear, uint8 activations, "
-                     "int8 weights), qdq-s8s8 (int8 activations: slow kernels on x86) or qoperator "
-                     "(QLinearConv, U8S8); recorded in the results")
+    g.addoption("--gate-config", type=Path, default=None,
+                help="pyproject.toml whose [tool.resnet18-bench.gate] sets the thresholds "
+                     "(default: the one at pytest's rootdir; built-in defaults where it has none)")
+    for rt in runtimes().values():
+        for opt in rt.options:
+            g.addoption(opt.flag, default=opt.default, choices=opt.choices, type=opt.type,
+                        help=f"[{rt.name}] {opt.help}")
 
 
 def read_options(config) -> BenchOptions:
+    """The typed options of this run. Paths not given default to the project being measured,
+    pytest's rootdir (where its pyproject.toml is), never to where this package is installed."""
+    from .runtimes import runtimes
+
     o = config.getoption
+    root = Path(config.rootpath)
     return BenchOptions(
         device=o("--device"), runtimes=o("--runtime"), variants=o("--variant"), dataset=o("--dataset"),
         data_root=o("--data-root"), checkpoint=o("--checkpoint"), card=o("--card"), cache_dir=o("--cache-dir"),
         artifact_dir=o("--artifact-dir"), download=o("--download"), eval_samples=o("--eval-samples"),
         calib_samples=o("--calib-samples"), finetune_epochs=o("--finetune-epochs"), threads=o("--threads"),
         batch_sizes=o("--batch-size") or default_batch_sizes(o("--device")), input_sizes=o("--input-size"), min_samples=o("--min-samples"),
-        min_time_s=o("--min-time"), report_dir=o("--report-dir"), baseline_dir=o("--baseline-dir"),
+        min_time_s=o("--min-time"), report_dir=o("--report-dir") or root / "reports",
+        baseline_dir=o("--baseline-dir") or root / "baselines",
         update_baselines=o("--update-baselines"), baseline_missing=o("--baseline-missing"),
-        gate=not o("--no-gate"), ort_opt_level=o("--ort-opt-level"), latency_gate=o("--latency-gate"),
-        ort_int8_format=o("--ort-int8-format"))
+        gate=not o("--no-gate"), latency_gate=o("--latency-gate"), gate_config=o("--gate-config"),
+        project_root=root,
+        runtime_options={rt.name: {opt.dest: o(opt.flag) for opt in rt.options} for rt in runtimes().values()})

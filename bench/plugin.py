@@ -6,15 +6,12 @@ which imports torch once (a few seconds) even for unrelated suites in the same e
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from compress.errors import UserError
 
 from .options import add_options, read_options
 
-ROOT = Path(__file__).resolve().parent.parent
 _KEY = pytest.StashKey["BenchSession"]()
 _ERRORS = pytest.StashKey[dict]()
 
@@ -27,29 +24,14 @@ METRIC_CHECKS = {
 
 
 def pytest_addoption(parser):
-    add_options(parser, ROOT)
-
-
-def _native_size(opts) -> tuple[int, int]:
-    from compress.cards import card_path_for, load_card
-    from compress.context import EMBEDDED_INPUT
-
-    if opts.card is not None:
-        return load_card(opts.card).input_size
-    if opts.checkpoint is not None:
-        path = card_path_for(opts.checkpoint)
-        if path.is_file():
-            return load_card(path).input_size
-        if not opts.checkpoint.exists():
-            raise UserError(f"checkpoint {opts.checkpoint} not found: pass --checkpoint PATH to a .pt/.pth or "
-                            f".safetensors file")
-        raise UserError(f"no model card for {opts.checkpoint}: put {path.name} beside it or pass --card PATH")
-    return EMBEDDED_INPUT
+    add_options(parser)
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_configure(config):
     """Validate every option before anything runs: bad input is a usage error, not a red matrix."""
+    from compress.context import native_input_size
+
     from .devices import resolve_device
     from .session import BenchSession
 
@@ -62,7 +44,7 @@ def pytest_configure(config):
             raise UserError(f"--dataset {opts.dataset} needs --data-root PATH")
         if opts.update_baselines and not opts.gate:
             raise UserError("--update-baselines and --no-gate contradict each other: drop one")
-        session = BenchSession(opts, device, ROOT, _native_size(opts))
+        session = BenchSession(opts, device, opts.project_root, native_input_size(opts.checkpoint, opts.card))
         session.plan()  # unknown variant / runtime names fail here
     except UserError as e:
         raise pytest.UsageError(str(e)) from None
@@ -139,7 +121,6 @@ def gate_item(bench_session, case, test_name: str, shape=None) -> None:
     mine = [f for f in found if f["check"] in METRIC_CHECKS[test_name]
             and (test_name != "test_latency" or f["shape"] is not None)
             and (test_name != "test_size" or f["check"] != "baseline" or f["shape"] is None)]
-    bench_session.findings += mine
     regressions = [f["message"] for f in mine if f["verdict"] == "regression"]
     if test_name == "test_latency" and bench_session.opts.latency_gate == "report":
         regressions = []  # --latency-gate report: still in the findings, summary and report; fails nothing

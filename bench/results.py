@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from compress.errors import UserError
-from compress.fsutil import atomic_write_json
 
 from .stats import unpack_bits
 
@@ -28,6 +27,15 @@ SCHEMA_VERSION = 1
 KIND = "resnet-bench-results"
 STATUSES = ("ok", "skipped", "error")
 VERDICTS = ("ok", "regression", "not significant", "new", "missing", "noisy", "skipped")
+# Most severe first: how summaries count verdicts and how report tables sort findings.
+VERDICT_ORDER = ("regression", "noisy", "missing", "new", "not significant", "skipped", "ok")
+assert set(VERDICT_ORDER) == set(VERDICTS)
+# The in-run reference: every run measures it, every ratio and accuracy budget is relative to it.
+REFERENCE_VARIANT, REFERENCE_RUNTIME = "fp32", "eager"
+REFERENCE = (REFERENCE_VARIANT, REFERENCE_RUNTIME)
+# pyperf's threshold: a series with a coefficient of variation above it is "noisy". The gate
+# config may override it (cv_warn); the gate block records the value in force for the report.
+DEFAULT_CV_WARN = 0.10
 
 _RERUN = "re-run the benchmark to regenerate it"
 
@@ -306,6 +314,8 @@ RESULTS_FIELDS: dict[str, Field] = {
         "baseline_file": optional(string()),
         "fingerprint_match": optional(boolean()),
         "accuracy_budget_pp": optional(number(min_value=0)),
+        "cv_warn": optional(number(min_value=0)),
+        "config_source": optional(string()),
         "findings": list_of(_FINDING),
     })),
 }
@@ -417,7 +427,11 @@ def emulation(results: dict) -> str | None:
     return (results.get("machine_info") or {}).get("emulated")
 
 
-def write_results(path: str | os.PathLike, obj: dict) -> Path:
-    """Validate, then write atomically: an invalid or half-written results file never exists."""
-    validate_results(obj, str(path))
-    return atomic_write_json(path, obj)
+def cv_warn(results: dict) -> float:
+    """The noisy-series threshold the run's gate used (``DEFAULT_CV_WARN`` for older files)."""
+    value = (results.get("gate") or {}).get("cv_warn")
+    return DEFAULT_CV_WARN if value is None else float(value)
+
+
+def is_reference(item: dict) -> bool:
+    return item["variant"] == REFERENCE_VARIANT and item["runtime"] == REFERENCE_RUNTIME

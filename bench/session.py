@@ -2,7 +2,7 @@
 need (lazily, once), measures, and assembles the results document.
 
 Knows nothing of pytest; ``plugin.py`` is the glue. Measuring lives here and in measure.py,
-comparing in gate.py, rendering in report.py: each reads only the results document.
+comparing in gate.py, rendering in bench/report/: each reads only the results document.
 """
 from __future__ import annotations
 
@@ -15,18 +15,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from compress.build import Artifact, build_variant
+from compress.build import Artifact, build_variant, library_versions
 from compress.context import open_context
 from compress.errors import UserError
 from compress.registry import Recipe, get_recipe, list_variants
 
-from . import TORCH_PRELOADED, measure
+from . import TORCH_PRELOADED, __version__, measure
+from .config import GateConfig, load_gate_config
 from .devices import Device, fingerprint, machine_info
 from .options import BenchOptions
-from .runtimes import RUNTIMES, Handle, LoadRequest
+from .results import REFERENCE, SCHEMA_VERSION
+from .runtimes import Handle, LoadRequest, get_runtime, runtimes
 
-SCHEMA_VERSION = 1
-REFERENCE = ("fp32", "eager")
 EVAL_BATCH = 256
 LATENCY_INPUTS = 16  # distinct real images cycled through during latency timing
 
@@ -50,7 +50,7 @@ class PlannedCase:
 
 def own_module_per_shape(case: Case) -> bool:
     """Whether each timed input shape of ``case`` loads a module of its own (see handle())."""
-    return get_recipe(case.variant).kind == "int8" and RUNTIMES[case.runtime].int8_module_per_shape
+    return get_recipe(case.variant).kind.quantized and get_runtime(case.runtime).int8_module_per_shape
 
 
 class BenchSession:
@@ -66,14 +66,20 @@ class BenchSession:
         self._inputs: dict[tuple, torch.Tensor] = {}  # normalized eval images per (size, batch, count)
         self.items: dict[str, dict] = {}
         self.skipped: list[dict] = []
-        self.findings: list[dict] = []
         self.summary_lines: list[str] = []
         self._baseline: tuple | None = None
-        from .config import load_gate_config
-
-        self.gate_config = load_gate_config()  # thresholds parse at start-up: a typo fails before any build
+        self._header: dict | None = None
+        self.gate_config = self._load_gate_config()  # thresholds parse at start-up: a typo fails before any build
         self.started_utc = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         torch.set_num_threads(opts.threads)
+
+    def _load_gate_config(self) -> GateConfig:
+        """``--gate-config`` if given (must exist), else the measured project's pyproject.toml."""
+        if self.opts.gate_config is not None:
+            return load_gate_config(self.opts.gate_config)
+        if self.opts.project_root is not None:
+            return load_gate_config(self.opts.project_root / "pyproject.toml", required=False)
+        return GateConfig()
 
     # ------------------------------------------------------------ planning (collection time)
     def _shapes(self) -> list[tuple[int, int]]:
@@ -86,10 +92,9 @@ class BenchSession:
 
     def runtime_names(self) -> list[str]:
         if self.opts.runtimes is None:
-            return list(RUNTIMES)
-        unknown = [r for r in self.opts.runtimes if r not in RUNTIMES]
-        if unknown:
-            raise UserError(f"unknown runtime {unknown[0]!r}: choose from {', '.join(RUNTIMES)}")
+            return list(runtimes())
+        for name in self.opts.runtimes:
+            get_runtime(name)  # an unknown name is a usage error listing the known ones
         return list(self.opts.runtimes)
 
     def plan(self) -> list[PlannedCase]:
@@ -100,13 +105,9 @@ class BenchSession:
         return [PlannedCase(Case(v, r, self.device.kind), self.skip_reason(get_recipe(v), r)) for v, r in pairs]
 
     def skip_reason(self, recipe: Recipe, runtime: str) -> str | None:
-        rt = RUNTIMES[runtime]
-        if self.device.kind not in recipe.devices:
-            if recipe.kind == "fp16":
-                return "fp16 is a CUDA target: CPU runtimes here have no fast fp16 kernels"
-            return (f"{recipe.name} targets {'/'.join(recipe.devices)} "
-                    f"({recipe.params.get('backend', '')} backend), not {self.device.kind}").replace(" ()", "")
-        return rt.unavailable_reason(self.device) or rt.unsupported_reason(recipe, self.device)
+        rt = get_runtime(runtime)
+        return (recipe.off_target_reason(self.device.kind) or rt.unavailable_reason(self.device)
+                or rt.unsupported_reason(recipe, self.device))
 
     def record_skip(self, case: Case, reason: str) -> None:
         if not any(s["id"] == case.id for s in self.skipped):
@@ -147,12 +148,10 @@ class BenchSession:
             art = self.artifact(case.variant)
             recipe = get_recipe(case.variant)
             model = art.load_model(self.ctx.card) if own else self.model(case.variant)
-            float_model = self.model(recipe.parent) if recipe.kind == "int8" else model
-            calib = self.ctx.dataset.calibration_split(min(self.ctx.calib_samples, len(self.ctx.dataset.train)))
-            req = LoadRequest(art, recipe, model, float_model, self.ctx.card, self.device, self.opts.threads, calib,
-                              options={"ort_opt_level": self.opts.ort_opt_level,
-                                       "ort_int8_format": self.opts.ort_int8_format})
-            self._handles[key] = RUNTIMES[case.runtime].load(req)
+            float_model = self.model(recipe.parent) if recipe.kind.quantized else model
+            req = LoadRequest(art, recipe, model, float_model, self.ctx.card, self.device, self.opts.threads,
+                              self.ctx.calibration_split(), options=dict(self.opts.runtime_options.get(case.runtime, {})))
+            self._handles[key] = get_runtime(case.runtime).load(req)
         return self._handles[key]
 
     def item(self, case: Case) -> dict:
@@ -190,7 +189,7 @@ class BenchSession:
         eager = Case(case.variant, "eager", case.device)
         recipe = get_recipe(case.variant)
         requantized = None
-        if recipe.kind == "int8" and RUNTIMES[case.runtime].requantizes_int8:
+        if recipe.kind.quantized and get_runtime(case.runtime).requantizes_int8:
             parent = Case(recipe.parent, "eager", case.device)
             requantized = (self.logits(parent), self.logits(eager), parent.id)
         rec = measure.equivalence_record(self.logits(case), self.logits(eager), recipe.kind, eager.id, requantized)
@@ -247,15 +246,19 @@ class BenchSession:
 
     # ------------------------------------------------------------ the results document
     def header(self) -> dict:
+        """The results header; computed once per run (py-cpuinfo and git are not cheap) once the
+        build context is open, since the dataset and checkpoint are part of it."""
+        if self._header is not None:
+            return self._header
         info = machine_info(self.device, self.opts.threads)
         ds = self.ctx.dataset if self.ctx else None
-        return {
+        header = {
             "schema_version": SCHEMA_VERSION,
             "kind": "resnet-bench-results",
             "created_utc": self.started_utc,
             "machine_info": info,
             "fingerprint": fingerprint(self.device, info),
-            "versions": _versions(),
+            "versions": self.versions(),
             "commit_info": _commit_info(self.root),
             "device": self.device.kind,
             "dataset": {"id": ds.id if ds else None, "name": self.dataset_label(),
@@ -267,12 +270,21 @@ class BenchSession:
                         "input_sizes": [list(s) for s in self.shapes], "runtimes": self.runtime_names(),
                         "variants": list(self.opts.variants), "min_samples": self.opts.min_samples,
                         "min_time_s": self.opts.min_time_s, "calib_samples": self.opts.calib_samples,
-                        "ort_opt_level": self.opts.ort_opt_level, "ort_int8_format": self.opts.ort_int8_format,
+                        **self.opts.flat_runtime_options(),
                         # Thread-pool behaviour that latencies depend on (bench/__init__.py).
                         "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
                         "torch_imported_before_bench": TORCH_PRELOADED,
                         "latency_block": measure.LatencySpec.block},
         }
+        if self.ctx is not None:
+            self._header = header
+        return header
+
+    def versions(self) -> dict:
+        v = {**library_versions(), "numpy": np.__version__, "bench": __version__}
+        for rt in runtimes().values():
+            v.update(rt.versions())
+        return v
 
     def dataset_label(self) -> str:
         """Names the report files: digits, cifar10, or imagefolder-<root folder name>."""
@@ -343,21 +355,6 @@ class BenchSession:
             lines.append(f"report not written: {e}")
         self.summary_lines = lines
         return results
-
-
-def _versions() -> dict:
-    import torchvision
-
-    import bench
-
-    v = {"torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": np.__version__,
-         "bench": getattr(bench, "__version__", "0.1.0")}
-    for mod in ("onnxruntime", "onnx", "torch_pruning"):
-        try:
-            v[mod] = __import__(mod).__version__
-        except ImportError:
-            v[mod] = None
-    return v
 
 
 def _commit_info(root: Path) -> dict:

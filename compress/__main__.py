@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .argtypes import nonneg_float, positive_int
 from .errors import UserError
 
 
@@ -18,28 +19,8 @@ def add_source_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--card", type=Path, help="model card JSON (default: beside the checkpoint, same name)")
     p.add_argument("--cache-dir", type=Path, help="decoded-data and artifact cache (default: user cache dir)")
     p.add_argument("--artifact-dir", type=Path, help="where variants are built (default: <cache-dir>/artifacts)")
-    p.add_argument("--eval-samples", type=_positive_int, help="fixed stratified subset of test (default: all)")
+    p.add_argument("--eval-samples", type=positive_int, help="fixed stratified subset of test (default: all)")
     p.add_argument("--download", action="store_true", help="cifar10: download if missing (needs network)")
-
-
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
-
-
-def _nonneg_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s}")
-    return v
 
 
 def cmd_list(args) -> int:
@@ -123,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("build", help="build variants into artifact directories and print a summary table")
     add_source_options(p)
     p.add_argument("--variant", default="*", help="comma list of names or glob patterns (default: all)")
-    p.add_argument("--calib-samples", type=_positive_int, default=512, help="train images for int8 calibration")
-    p.add_argument("--finetune-epochs", type=_nonneg_float, help="override the fine-tune length of pruned variants")
+    p.add_argument("--calib-samples", type=positive_int, default=512, help="train images for int8 calibration")
+    p.add_argument("--finetune-epochs", type=nonneg_float, help="override the fine-tune length of pruned variants")
     p.add_argument("--train-device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--force", action="store_true", help="rebuild even when nothing changed")
     p.set_defaults(func=cmd_build)
@@ -132,9 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("train", help="train or fine-tune a baseline and write safetensors + card")
     add_source_options(p)
     p.add_argument("--output", type=Path, required=True, help="output .safetensors (card written beside it)")
-    p.add_argument("--epochs", type=_nonneg_float, default=10.0)
+    p.add_argument("--epochs", type=nonneg_float, default=10.0)
     p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--batch-size", type=_positive_int, default=128)
+    p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-device", default="cpu", choices=["cpu", "cuda"])
     p.set_defaults(func=cmd_train)

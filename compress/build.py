@@ -30,9 +30,10 @@ from .errors import UserError
 from .evaluate import predict, top1
 from .fsutil import atomic_write_bytes, atomic_write_json, dumps_json, sha256_file
 from .models import build_model, count_macs, count_parameters, read_state_dict, require_safe_torch
-from .registry import Recipe, lineage
+from .registry import Kind, Recipe, WeightsFormat, lineage
 
-BUILD_FORMAT = 1
+# The manifest layout; a manifest of another format is rebuilt, never read.
+BUILD_FORMAT = 2
 MANIFEST = "manifest.json"
 
 
@@ -49,6 +50,11 @@ class BuildContext:
     finetune_epochs: float | None = None  # overrides each recipe's own fine-tune length
     train_device: str = "cpu"
     log: Callable[[str], None] = print
+
+    def calibration_split(self) -> Split:
+        """The train images every int8 variant calibrates on, PyTorch's and each runtime's own
+        quantizer alike (a fixed stratified subset: one home, so they never drift apart)."""
+        return self.dataset.calibration_split(min(self.calib_samples, len(self.dataset.train)))
 
     def calibration_info(self, split: Split) -> dict:
         return {"split": "train", "n": len(split), "order": "stratified, seed 1",
@@ -74,11 +80,11 @@ class Artifact:
 
 # ---------------------------------------------------------------- keys and manifests
 def _build_key(chain: list[Recipe], ctx: BuildContext) -> str:
-    uses_calib = any(r.apply and r.apply.__name__ == "_static" for r in chain)
-    uses_finetune = any("finetune_epochs" in r.params for r in chain)
+    uses_calib = any(r.calibrates for r in chain)
+    uses_finetune = any(r.finetune is not None for r in chain)
     payload = {
         "format": BUILD_FORMAT,
-        "chain": [[r.name, r.kind, r.params] for r in chain],
+        "chain": [r.key_payload() for r in chain],
         "checkpoint": ctx.checkpoint_sha256,
         "dataset": ctx.dataset.id,
         # The card is an input too: mean/std change calibration, fine-tuning and every accuracy.
@@ -128,10 +134,13 @@ def load_model_from_artifact(art: Artifact, card: ModelCard) -> torch.nn.Module:
     if m.get("pruning_file"):
         history = json.loads((art.dir / m["pruning_file"]).read_text())
         prune.replay_channel_prune(model, history, card.input_size)
-    fmt = m["weights_format"]
-    if fmt in ("safetensors-float32", "safetensors-float16"):
+    try:
+        fmt = WeightsFormat(m["weights_format"])
+    except ValueError:
+        raise UserError(f"{art.dir}: unknown weights_format {m['weights_format']!r}; rebuild with this version") from None
+    if fmt in (WeightsFormat.SAFETENSORS_FLOAT32, WeightsFormat.SAFETENSORS_FLOAT16):
         sd = read_state_dict(art.weights_path)
-        if fmt == "safetensors-float16":
+        if fmt is WeightsFormat.SAFETENSORS_FLOAT16:
             model = model.half()
         model.load_state_dict(sd)
         return model.eval()
@@ -141,30 +150,28 @@ def load_model_from_artifact(art: Artifact, card: ModelCard) -> torch.nn.Module:
     except Exception as e:  # refused (would run code), truncated, or not a torch file: never a traceback
         raise UserError(f"{art.weights_path} cannot be loaded ({type(e).__name__}); "
                         f"delete {art.dir} and rebuild") from None
-    if fmt == "torch-int8-fx":
+    if fmt is WeightsFormat.TORCH_INT8_STATIC:
         return quantize.rebuild_static(model, sd, card, backend=m["backend"])
-    if fmt == "torch-int8-dynamic":
-        if m.get("backend"):
-            quantize.set_engine(m["backend"])
-        return quantize.rebuild_dynamic(model, sd)
-    raise UserError(f"{art.dir}: unknown weights_format {fmt!r}; rebuild with this version")
+    if m.get("backend"):
+        quantize.set_engine(m["backend"])
+    return quantize.rebuild_dynamic(model, sd)
 
 
 # ---------------------------------------------------------------- building
 def _save_weights(model: torch.nn.Module, recipe: Recipe, tmp: Path) -> tuple[str, str]:
-    if recipe.kind == "int8":
-        fmt = "torch-int8-dynamic" if recipe.apply.__name__ == "_dynamic" else "torch-int8-fx"
-        path = tmp / "weights.int8.pt"
+    fmt = recipe.weights_format
+    path = tmp / fmt.file_name
+    if fmt in (WeightsFormat.TORCH_INT8_STATIC, WeightsFormat.TORCH_INT8_DYNAMIC):
         torch.save(model.state_dict(), str(path))
-        return path.name, fmt
-    from safetensors.torch import save_file
+    else:
+        from safetensors.torch import save_file
 
-    path = tmp / "weights.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return path.name, "safetensors-float16" if recipe.kind == "fp16" else "safetensors-float32"
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path.name, fmt.value
 
 
-def _versions() -> dict:
+def library_versions() -> dict:
+    """Versions of the libraries a build depends on; the harness adds each runtime's own."""
     import torchvision
 
     v = {"torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version()}
@@ -203,7 +210,7 @@ def build_variant(name: str, ctx: BuildContext, force: bool = False, _models: di
         if not force and manifest and manifest.get("key") == key and verify_files(vdir, manifest):
             art = Artifact(name, vdir, manifest)
             if acc_key not in manifest["accuracy"]:
-                manifest["accuracy"][acc_key] = _accuracy(art.load_model(ctx.card), ctx, manifest.get("backend"))
+                manifest["accuracy"][acc_key] = _accuracy(art.load_model(ctx.card), ctx, recipe.backend)
                 atomic_write_json(vdir / MANIFEST, manifest)
             return art
 
@@ -216,9 +223,9 @@ def build_variant(name: str, ctx: BuildContext, force: bool = False, _models: di
                             (parent_art.dir / parent_art.manifest["pruning_file"])}
         ctx.log(f"building {name}: {recipe.summary}")
         t0 = time.perf_counter()
-        model, facts = recipe.apply(copy.deepcopy(parent_model).eval(), ctx, recipe.params)
+        model, facts = recipe.apply(copy.deepcopy(parent_model).eval(), ctx, recipe)
         build_seconds = time.perf_counter() - t0
-        if recipe.kind != "int8":
+        if not recipe.kind.quantized:
             _models[name] = model
 
         tmp = vdir.with_name(f".{vdir.name}.tmp-{os.getpid()}")
@@ -235,7 +242,7 @@ def build_variant(name: str, ctx: BuildContext, force: bool = False, _models: di
                 pruning_file = "pruning.json"
             manifest = _manifest(name, recipe, chain, ctx, key, model, parent_model, facts, tmp,
                                  weights_file, fmt, pruning_file, build_seconds)
-            manifest["accuracy"] = {acc_key: _accuracy(model, ctx, facts.get("backend"))}
+            manifest["accuracy"] = {acc_key: _accuracy(model, ctx, recipe.backend)}
             atomic_write_json(tmp / MANIFEST, manifest)
             _swap_into_place(tmp, vdir)
         except BaseException:
@@ -258,7 +265,7 @@ def _manifest(name, recipe, chain, ctx, key, model, parent_model, facts, tmp, we
     raw = wpath.read_bytes()
     params, nonzero = count_parameters(model)
     # int8 and fp16 change the arithmetic, not the work: count MACs on the float parent.
-    macs = count_macs(model if recipe.kind == "float" else parent_model, ctx.card.input_size)
+    macs = count_macs(model if recipe.kind is Kind.FLOAT else parent_model, ctx.card.input_size)
     files = {weights_file: hashlib.sha256(raw).hexdigest()}
     if pruning_file:
         files[pruning_file] = sha256_file(tmp / pruning_file)
@@ -266,8 +273,7 @@ def _manifest(name, recipe, chain, ctx, key, model, parent_model, facts, tmp, we
         "build_format": BUILD_FORMAT,
         "name": name,
         "key": key,
-        "recipe": {"kind": recipe.kind, "summary": recipe.summary, "origin": recipe.origin,
-                   "params": recipe.params, "devices": list(recipe.devices)},
+        "recipe": recipe.describe(),
         "parent": recipe.parent,
         "lineage": [r.name for r in chain],
         "parent_checkpoint_sha256": ctx.checkpoint_sha256,
@@ -275,13 +281,13 @@ def _manifest(name, recipe, chain, ctx, key, model, parent_model, facts, tmp, we
         "dataset_id": ctx.dataset.id,
         "card": ctx.card.to_json(),
         "calibration": facts.get("calibration"),
-        "backend": facts.get("backend"),
+        "backend": recipe.backend,
         "finetune": facts.get("finetune"),
         "pruning_file": pruning_file,
         "weights_file": weights_file,
         "weights_format": fmt,
         "files": files,
-        "versions": _versions(),
+        "versions": library_versions(),
         "parameters": params,
         "nonzero_parameters": nonzero,
         "macs": macs,

@@ -83,8 +83,7 @@ def open_context(dataset: str = "digits", data_root: str | Path | None = None, c
     else:
         label = str(checkpoint)
     checkpoint = Path(checkpoint)
-    model_card = load_card(card or card_path_for(checkpoint)) if (card or card_path_for(checkpoint).is_file()) \
-        else _missing_card(checkpoint)
+    model_card = resolve_card(checkpoint, card)
     model = load_model(checkpoint, model_card)
     ds = load_dataset(dataset, model_card.input_size, data_root, cache_dir, download)
     check_classes(model_card, ds)
@@ -97,10 +96,20 @@ def open_context(dataset: str = "digits", data_root: str | Path | None = None, c
         train_device=train_device, log=log)
 
 
-def _missing_card(checkpoint: Path) -> ModelCard:
+def resolve_card(checkpoint: Path, card: str | Path | None = None) -> ModelCard:
+    """The card given with --card, else the one beside the checkpoint; one line if neither is there."""
+    if card is not None:
+        return load_card(card)
+    if card_path_for(checkpoint).is_file():
+        return load_card(card_path_for(checkpoint))
     if not checkpoint.exists():
         raise UserError(f"checkpoint {checkpoint} not found: pass --checkpoint PATH to a .pt/.pth or .safetensors file")
     raise UserError(f"no model card for {checkpoint}: put {card_path_for(checkpoint).name} beside it "
                     f"(architecture, input_size, mean, std, classes) or pass --card PATH")
 
 
+def native_input_size(checkpoint: str | Path | None, card: str | Path | None = None) -> tuple[int, int]:
+    """The input size the model was trained at, known before any data is read or model built."""
+    if checkpoint is None and card is None:
+        return EMBEDDED_INPUT
+    return resolve_card(Path(checkpoint) if checkpoint is not None else Path(), card).input_size

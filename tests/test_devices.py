@@ -203,8 +203,9 @@ class _Config:
         from bench.options import add_options
 
         parser = Parser(_ispytest=True)
-        add_options(parser, Path("."))
+        add_options(parser)
         self.ns = parser.parse(args)
+        self.rootpath = Path(".")
 
     def getoption(self, name: str):
         return getattr(self.ns, name.lstrip("-").replace("-", "_"))

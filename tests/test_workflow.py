@@ -54,7 +54,7 @@ def _commands(wf) -> list[tuple[str, list[str]]]:
 
 def _bench_parser() -> Parser:
     parser = Parser(_ispytest=True)
-    add_options(parser, REPO)
+    add_options(parser)
     return parser
 
 

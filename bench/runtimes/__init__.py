@@ -1,11 +1,9 @@
-"""Runtime adapters, one small class each. The registry order is the order items run in."""
+"""Runtime adapters, one self-describing class each (bench/runtimes/base.py says what a runtime
+declares). Importing this package registers the built-in ones."""
 from __future__ import annotations
 
-from .base import Handle, LoadRequest, Runtime
-from .eager import EagerRuntime
-from .onnxruntime import OnnxRuntime
-from .torchscript import TorchScriptRuntime
+from . import eager, onnxruntime, torchscript  # noqa: F401  (each registers its runtime on import)
+from .base import Handle, LoadRequest, Runtime, RuntimeOption
+from .registry import get_runtime, register_runtime, runtimes
 
-RUNTIMES: dict[str, Runtime] = {r.name: r for r in (EagerRuntime(), TorchScriptRuntime(), OnnxRuntime())}
-
-__all__ = ["RUNTIMES", "Handle", "LoadRequest", "Runtime"]
+__all__ = ["Handle", "LoadRequest", "Runtime", "RuntimeOption", "get_runtime", "register_runtime", "runtimes"]

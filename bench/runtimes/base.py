@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -51,12 +51,50 @@ class Handle:
         return self.path.stat().st_size if self.path is not None else None
 
 
+@dataclass(frozen=True)
+class RuntimeOption:
+    """A command-line option a runtime owns: added to the plugin's option group, parsed there,
+    handed to the runtime in ``LoadRequest.options[dest]`` and recorded in the results header."""
+
+    flag: str  # "--ort-opt-level"
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None = None
+    type: Callable[[str], Any] | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+# One refusal for every runtime that runs torch.ao's quantized modules.
+TORCH_AO_NO_CUDA_INT8 = "torch.ao int8 modules have no CUDA kernels: int8 runs on CPU backends only"
+
+
 class Runtime:
-    name = "base"
-    requantizes_int8 = False  # True: int8 variants are re-quantized by the runtime from the float model
-    # True: int8 modules keep their kernels for the first input shape they see (PyTorch's quantized
-    # conv, x86 engine), so each timed shape needs a module of its own (docs/PERFORMANCE.md).
-    int8_module_per_shape = False
+    """A runtime describes itself; adding one is one subclass registered with ``@register_runtime``.
+
+    name               the id in test ids, results and ``--runtime``
+    options            its own command-line options (``RuntimeOption``)
+    requantizes_int8   int8 variants are re-quantized by the runtime from the float parent, so
+                       they are judged against that parent too (bench/measure.py)
+    int8_module_per_shape  int8 modules keep their kernels for the first input shape they see
+                       (PyTorch's quantized conv, x86 engine): each timed shape loads its own
+    cuda_int8_refusal  why int8 variants cannot run on CUDA here; None where they can
+    run_order          items run in ascending order (ties: registration order); eager, the
+                       reference, comes first
+    """
+
+    name: ClassVar[str] = "base"
+    run_order: ClassVar[int] = 100
+    options: ClassVar[tuple[RuntimeOption, ...]] = ()
+    requantizes_int8: ClassVar[bool] = False
+    int8_module_per_shape: ClassVar[bool] = False
+    cuda_int8_refusal: ClassVar[str | None] = None
+
+    def versions(self) -> dict[str, str | None]:
+        """Library versions this runtime adds to the results header (None: not installed)."""
+        return {}
 
     def unavailable_reason(self, device: Device) -> str | None:
         """Why this runtime cannot run on this host at all (missing package, provider); None if it can."""
@@ -64,10 +102,35 @@ class Runtime:
 
     def unsupported_reason(self, recipe: Recipe, device: Device) -> str | None:
         """Why this (variant, device) combination cannot exist in this runtime; None if it can."""
+        if device.kind == "cuda" and recipe.kind.quantized:
+            return self.cuda_int8_refusal
         return None
 
     def load(self, req: LoadRequest) -> Handle:
         raise NotImplementedError
+
+    def option(self, req: LoadRequest, dest: str) -> Any:
+        """The value of one of this runtime's own options (its default when the request has none)."""
+        for opt in self.options:
+            if opt.dest == dest:
+                return req.options.get(dest, opt.default)
+        raise KeyError(f"runtime {self.name} declares no option {dest!r}")
+
+
+def module_version(module: str) -> str | None:
+    """``module.__version__``, or None when it is not installed."""
+    try:
+        return __import__(module).__version__
+    except ImportError:
+        return None
+
+
+def calibration_batches(req: LoadRequest, batch_size: int = 32) -> Iterator[np.ndarray]:
+    """The variant's calibration images, normalized, as float32 NCHW batches: every runtime that
+    quantizes by itself calibrates on exactly the images PyTorch's int8 variant did."""
+    calib = req.calibration
+    for i in range(0, len(calib), batch_size):
+        yield req.card.normalize(calib.images[i:i + batch_size]).numpy()
 
 
 # ---------------------------------------------------------------- runtime files beside the artifact

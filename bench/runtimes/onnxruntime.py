@@ -12,7 +12,19 @@ import warnings
 import numpy as np
 import torch
 
-from .base import Handle, LoadRequest, Runtime, cached_file, verified
+from compress.registry import WeightsFormat
+
+from .base import (
+    Handle,
+    LoadRequest,
+    Runtime,
+    RuntimeOption,
+    cached_file,
+    calibration_batches,
+    module_version,
+    verified,
+)
+from .registry import register_runtime
 
 OPSET = 17
 SPINNING = "session.intra_op.allow_spinning"  # set on every session, read back into runtime_info
@@ -26,9 +38,22 @@ def _ort():
     return onnxruntime
 
 
+@register_runtime
 class OnnxRuntime(Runtime):
     name = "onnxruntime"
+    run_order = 20
     requantizes_int8 = True
+    cuda_int8_refusal = "ORT's CUDA provider has no int8 Conv kernels: QDQ int8 would run dequantized in fp32"
+    options = (
+        RuntimeOption("--ort-opt-level", "all", "ONNX Runtime graph optimization level (recorded in the results)",
+                      choices=tuple(OPT_LEVELS)),
+        RuntimeOption("--ort-int8-format", "qdq", "ONNX Runtime static int8: qdq (QuantizeLinear/DequantizeLinear, "
+                      "uint8 activations, int8 weights), qdq-s8s8 (int8 activations: slow kernels on x86) or "
+                      "qoperator (QLinearConv, U8S8); recorded in the results", choices=("qdq", "qdq-s8s8", "qoperator")),
+    )
+
+    def versions(self):
+        return {"onnxruntime": module_version("onnxruntime"), "onnx": module_version("onnx")}
 
     def unavailable_reason(self, device):
         try:
@@ -39,22 +64,17 @@ class OnnxRuntime(Runtime):
             return "onnxruntime has no CUDAExecutionProvider here: pip install 'resnet18-bench[gpu]' (onnxruntime-gpu)"
         return None
 
-    def unsupported_reason(self, recipe, device):
-        if device.kind == "cuda" and recipe.kind == "int8":
-            return "ORT's CUDA provider has no int8 Conv kernels: QDQ int8 would run dequantized in fp32"
-        return None
-
     def providers(self, device) -> list[str]:
         return ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.kind == "cuda" else ["CPUExecutionProvider"]
 
     def load(self, req: LoadRequest) -> Handle:
         ort = _ort()
         kind = req.recipe.kind
-        dynamic = kind == "int8" and req.artifact.manifest["weights_format"] == "torch-int8-dynamic"
-        int8_format = req.options.get("ort_int8_format", "qdq")
-        key = {"ort": ort.__version__, "torch": torch.__version__, "opset": OPSET, "kind": kind,
+        dynamic = req.recipe.weights_format is WeightsFormat.TORCH_INT8_DYNAMIC
+        int8_format = self.option(req, "ort_int8_format")
+        key = {"ort": ort.__version__, "torch": torch.__version__, "opset": OPSET, "kind": kind.value,
                "dynamic": dynamic, "calibration": req.artifact.manifest.get("calibration"),
-               "int8_format": int8_format if kind == "int8" and not dynamic else None}
+               "int8_format": int8_format if kind.quantized and not dynamic else None}
 
         def export(tmp, model, dtype):
             example = torch.zeros(1, 3, *req.card.input_size, dtype=dtype)
@@ -72,7 +92,7 @@ class OnnxRuntime(Runtime):
             onnx.checker.check_model(str(tmp))
 
         def make(tmp):
-            if kind == "int8":
+            if kind.quantized:
                 float_path = tmp.with_name(tmp.name + ".fp32.onnx")
                 export(float_path, req.float_model, torch.float32)
                 try:
@@ -83,7 +103,7 @@ class OnnxRuntime(Runtime):
                 finally:
                     float_path.unlink(missing_ok=True)
             else:
-                export(tmp, req.model, torch.float16 if kind == "fp16" else torch.float32)
+                export(tmp, req.model, torch.float16 if kind.half else torch.float32)
 
         # One file per int8 format, so that runs with either format never rebuild each other's.
         suffix = f"-{int8_format}" if key["int8_format"] else ""
@@ -92,7 +112,7 @@ class OnnxRuntime(Runtime):
         so.intra_op_num_threads = req.threads
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        level = OPT_LEVELS[req.options.get("ort_opt_level", "all")]
+        level = OPT_LEVELS[self.option(req, "ort_opt_level")]
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
         so.log_severity_level = 3
         # Spinning on (ONNX Runtime's default): without it every parallel op wakes a sleeping
@@ -102,12 +122,12 @@ class OnnxRuntime(Runtime):
         # (docs/PERFORMANCE.md).
         so.add_session_config_entry(SPINNING, "1")
         sess = ort.InferenceSession(str(verified(path)), so, providers=self.providers(req.device))
-        in_dtype = np.float16 if kind == "fp16" else np.float32
+        in_dtype = np.float16 if kind.half else np.float32
         info = {"providers": sess.get_providers(), "graph_optimization_level": level,
                 "intra_op_threads": req.threads, "inter_op_threads": 1, "execution_mode": "sequential",
                 "allow_spinning": sess.get_session_options().get_session_config_entry(SPINNING) == "1",
                 "opset": OPSET, "onnxruntime": ort.__version__,
-                "quantization": None if kind != "int8" else ("dynamic (MatMul/Gemm)" if dynamic else
+                "quantization": None if not kind.quantized else ("dynamic (MatMul/Gemm)" if dynamic else
                                                              STATIC_FORMATS[int8_format][0])}
         name = sess.get_inputs()[0].name
         return Handle(
@@ -140,19 +160,13 @@ def quantize_static_onnx(src, dst, req: LoadRequest, int8_format: str = "qdq") -
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    calib = req.calibration
-    card = req.card
-
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.i = 0
+            self.batches = calibration_batches(req)
 
         def get_next(self):
-            if self.i >= len(calib):
-                return None
-            x = card.normalize(calib.images[self.i:self.i + 32]).numpy()
-            self.i += 32
-            return {"input": x}
+            x = next(self.batches, None)
+            return None if x is None else {"input": x}
 
     pre = dst.with_name(dst.name + ".pre.onnx")
     try:

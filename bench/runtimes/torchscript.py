@@ -5,23 +5,22 @@ import warnings
 
 import torch
 
-from .base import Handle, LoadRequest, Runtime, cached_file, verified
+from .base import TORCH_AO_NO_CUDA_INT8, Handle, LoadRequest, Runtime, cached_file, verified
 from .eager import torch_handle
+from .registry import register_runtime
 
 
+@register_runtime
 class TorchScriptRuntime(Runtime):
     name = "torchscript"
+    run_order = 10
     int8_module_per_shape = True
-
-    def unsupported_reason(self, recipe, device):
-        if device.kind == "cuda" and recipe.kind == "int8":
-            return "torch.ao int8 modules have no CUDA kernels: int8 runs on CPU backends only"
-        return None
+    cuda_int8_refusal = TORCH_AO_NO_CUDA_INT8
 
     def load(self, req: LoadRequest) -> Handle:
         dev = req.device.torch_device
-        dtype = torch.float16 if req.recipe.kind == "fp16" else torch.float32
-        backend = req.artifact.manifest.get("backend")
+        dtype = torch.float16 if req.recipe.kind.half else torch.float32
+        backend = req.recipe.backend
 
         def make(tmp):
             if backend:
