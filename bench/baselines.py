@@ -86,13 +86,6 @@ BASELINE_FIELDS = {
 }
 
 
-def fingerprint_from_machine_info(machine_info: dict) -> str:
-    """"x86_64|AMD EPYC 9R14|threads=2": what makes absolute latencies comparable."""
-    processor = machine_info.get("gpu_name") or machine_info.get("cpu_model") or "unknown"
-    arch, threads = machine_info.get("arch", "unknown"), machine_info.get("threads")
-    return f"{arch}|{processor}|threads={threads}"
-
-
 def validate_baseline(obj: Any, source: str, dataset_id: str | None = None,
                       device: str | None = None) -> dict:
     """Return ``obj`` if it is a valid baseline document (for that dataset and device)."""
@@ -232,7 +225,11 @@ class BaselineStore:
         return validate_baseline(doc, source, dataset_id, device)
 
     def lookup_with_notes(self, results: dict) -> tuple[dict | None, dict | None, list[str]]:
-        """Like lookup, plus lines saying why a stored entry was not usable."""
+        """(entry for this machine's fingerprint, the newest entry from another fingerprint, notes).
+
+        Entries carry an extra "fingerprint" key. Either entry is None when absent or recorded
+        with another checkpoint; only the first may be used for absolute latency. The notes say
+        why a stored entry was not usable."""
         path = self.path_for_results(results)
         doc = self.load(results["dataset"]["id"], results["device"])
         if doc is None:
@@ -273,15 +270,6 @@ class BaselineStore:
             return []
         return [f"baselines exist for {', '.join(siblings)} but this run's data have id "
                 f"{dataset_id}: the image files differ from the ones those were recorded on"]
-
-    def lookup(self, results: dict) -> tuple[dict | None, dict | None]:
-        """(entry for this machine's fingerprint, the newest entry from another fingerprint).
-
-        Entries carry an extra "fingerprint" key. Either is None when absent or recorded with
-        another checkpoint. Only the first may be used for absolute latency.
-        """
-        same, other, _ = self.lookup_with_notes(results)
-        return same, other
 
     def update(self, results: dict, items: Iterable[str] | None = None) -> list[str]:
         """Record this run's measurements for its fingerprint; return what changed.

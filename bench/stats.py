@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -108,35 +108,6 @@ def mann_whitney_p(a: Sequence[float], b: Sequence[float], alternative: str = "g
     from scipy.stats import mannwhitneyu  # lazy, see mcnemar_p
 
     return float(mannwhitneyu(a_arr, b_arr, alternative=alternative).pvalue)
-
-
-def bootstrap_ratio_ci(
-    a: Sequence[float],
-    b: Sequence[float],
-    stat: Callable[..., np.ndarray] = np.median,
-    n_boot: int = 2000,
-    seed: int = 0,
-    level: float = 0.95,
-) -> tuple[float, float]:
-    """Percentile bootstrap interval for stat(a)/stat(b), resampling a and b independently.
-
-    Deterministic for a given seed so that a re-run of the gate gives the same verdict.
-    ``stat`` must accept ``axis=`` (np.median, np.mean, ...): all resamples are drawn at once.
-    """
-    a_arr = _as_samples(a, "a")
-    b_arr = _as_samples(b, "b")
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be positive, got {n_boot}")
-    rng = np.random.default_rng(seed)
-    a_boot = stat(a_arr[rng.integers(0, a_arr.size, (n_boot, a_arr.size))], axis=1)
-    b_boot = stat(b_arr[rng.integers(0, b_arr.size, (n_boot, b_arr.size))], axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratios = a_boot / b_boot
-    tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(ratios, [tail, 100 - tail])
-    return float(lo), float(hi)
 
 
 def pack_bits(mask) -> str:

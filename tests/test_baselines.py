@@ -18,7 +18,6 @@ from bench.baselines import (
     BASELINE_KIND,
     MAX_STORED_SAMPLES,
     BaselineStore,
-    fingerprint_from_machine_info,
     validate_baseline,
 )
 from compress.errors import UserError
@@ -98,7 +97,7 @@ def test_crash_during_write_leaves_old_file_byte_identical(store, monkeypatch):
 def test_samples_are_sorted_and_capped(store):
     results = make_results([make_item("fp32", "eager", n_samples=1000, seed=3)])
     store.update(results)
-    same, _ = store.lookup(results)
+    same, _ = store.lookup_with_notes(results)[:2]
     samples = same["items"]["fp32-eager-x86"]["latency"]["32x32/b1"]["samples_ms"]
     assert len(samples) == MAX_STORED_SAMPLES
     assert samples == sorted(samples)
@@ -109,15 +108,15 @@ def test_samples_are_sorted_and_capped(store):
 
 def test_lookup_same_and_other_fingerprint(store):
     results = make_results()
-    assert store.lookup(results) == (None, None)
+    assert store.lookup_with_notes(results)[:2] == (None, None)
     store.update(results)
-    same, other = store.lookup(results)
+    same, other = store.lookup_with_notes(results)[:2]
     assert other is None
     assert same["fingerprint"] == results["fingerprint"]
     assert set(same["items"]) == {"fp32-eager-x86", "int8-static-onnxruntime-x86"}
 
     elsewhere = make_results(fingerprint=OTHER_FINGERPRINT)
-    same, other = store.lookup(elsewhere)
+    same, other = store.lookup_with_notes(elsewhere)[:2]
     assert same is None
     assert other["fingerprint"] == results["fingerprint"]
 
@@ -127,7 +126,7 @@ def test_lookup_prefers_the_newest_other_fingerprint(store):
                               created_utc="2026-01-01T00:00:00Z"))
     store.update(make_results(fingerprint="x86_64|New CPU|threads=2",
                               created_utc="2026-06-01T00:00:00Z"))
-    _, other = store.lookup(make_results(fingerprint=OTHER_FINGERPRINT))
+    _, other = store.lookup_with_notes(make_results(fingerprint=OTHER_FINGERPRINT))[:2]
     assert other["fingerprint"] == "x86_64|New CPU|threads=2"
 
 
@@ -142,7 +141,7 @@ def test_checkpoint_mismatch_is_not_comparable(store):
 
     changes = store.update(retrained)
     assert changes[0].startswith("checkpoint changed d5b700000000 -> 9a1cffffffff")
-    same, _ = store.lookup(retrained)
+    same, _ = store.lookup_with_notes(retrained)[:2]
     assert same["checkpoint_sha256"] == "9a1c" + "f" * 60
 
 
@@ -162,7 +161,7 @@ def test_partial_update_keeps_other_items_and_shapes(store):
     only_small = make_results([make_item("fp32", "eager", seed=4, shapes=((32, 32, 1),))],
                               created_utc="2026-12-02T00:00:00Z")
     store.update(only_small)
-    same, _ = store.lookup(only_small)
+    same, _ = store.lookup_with_notes(only_small)[:2]
     assert set(same["items"]) == {"fp32-eager-x86", "int8-static-onnxruntime-x86"}
     assert set(same["items"]["fp32-eager-x86"]["latency"]) == {"32x32/b1", "224x224/b1"}
 
@@ -170,7 +169,7 @@ def test_partial_update_keeps_other_items_and_shapes(store):
 def test_update_selected_items(store):
     results = make_results()
     changes = store.update(results, items=["int8-static-onnxruntime-x86"])
-    same, _ = store.lookup(results)
+    same, _ = store.lookup_with_notes(results)[:2]
     assert set(same["items"]) == {"int8-static-onnxruntime-x86"}
     assert any(c.startswith("new: int8-static-onnxruntime-x86") for c in changes)
     with pytest.raises(UserError, match="cannot record 'nope': not in this run's results"):
@@ -180,7 +179,7 @@ def test_update_selected_items(store):
 def test_skipped_items_are_not_recorded(store):
     results = make_results([make_item("fp32", "eager"), skipped_item("fp16", "eager")])
     store.update(results)
-    same, _ = store.lookup(results)
+    same, _ = store.lookup_with_notes(results)[:2]
     assert set(same["items"]) == {"fp32-eager-x86"}
     with pytest.raises(UserError, match="cannot record 'fp16-eager-x86': its status is skipped"):
         store.update(results, items=["fp16-eager-x86"])
@@ -214,7 +213,7 @@ def test_loader_rejects_future_schema(store):
     doc["schema_version"] = 2
     path = _write_doc(store, doc)
     with pytest.raises(UserError) as err:
-        store.lookup(make_results())
+        store.lookup_with_notes(make_results())[:2]
     assert str(err.value) == (f"{path}: schema_version 2 is newer than this tool understands (1); "
                               "upgrade resnet18-bench or re-record the baseline")
 
@@ -222,7 +221,7 @@ def test_loader_rejects_future_schema(store):
 def test_loader_rejects_corrupt_json(store):
     path = _write_doc(store, '{"schema_version": 1, "entries": {')
     with pytest.raises(UserError, match=f"{path}: baseline is not valid JSON"):
-        store.lookup(make_results())
+        store.lookup_with_notes(make_results())[:2]
 
 
 def test_loader_names_the_bad_field(store):
@@ -231,7 +230,7 @@ def test_loader_names_the_bad_field(store):
     doc["entries"][fp]["items"]["fp32-eager-x86"]["latency"]["32x32/b1"]["p50_ms"] = "slow"
     path = _write_doc(store, doc)
     with pytest.raises(UserError) as err:
-        store.lookup(make_results())
+        store.lookup_with_notes(make_results())[:2]
     assert str(err.value).startswith(
         f"{path}: entries.{fp}.items.fp32-eager-x86.latency.32x32/b1.p50_ms must be a finite "
         "number, got 'slow'")
@@ -242,7 +241,7 @@ def test_loader_rejects_a_file_stored_for_another_device(store):
     doc["device"] = "cuda"
     _write_doc(store, doc)
     with pytest.raises(UserError, match="device is 'cuda' but the file is stored for 'x86'"):
-        store.lookup(make_results())
+        store.lookup_with_notes(make_results())[:2]
 
 
 def test_update_refuses_to_overwrite_a_corrupt_baseline(store):
@@ -250,13 +249,6 @@ def test_update_refuses_to_overwrite_a_corrupt_baseline(store):
     with pytest.raises(UserError, match="baseline file is empty"):
         store.update(make_results())
     assert path.read_text() == ""
-
-
-def test_fingerprint_from_machine_info():
-    cpu = {"arch": "aarch64", "cpu_model": "Neoverse-V2", "threads": 4, "gpu_name": None}
-    assert fingerprint_from_machine_info(cpu) == "aarch64|Neoverse-V2|threads=4"
-    gpu = {**cpu, "arch": "x86_64", "gpu_name": "NVIDIA H200"}
-    assert fingerprint_from_machine_info(gpu) == "x86_64|NVIDIA H200|threads=4"
 
 
 json_values = st.recursive(
@@ -292,7 +284,7 @@ def test_mutated_baseline_files_raise_only_user_error(tmp_path_factory, where, v
     target[0][target[1]] = value
     path.write_text(json.dumps(doc))
     try:
-        store.lookup(results)
+        store.lookup_with_notes(results)[:2]
         store.update(results)
     except UserError as err:
         assert str(path) in str(err)

@@ -8,7 +8,6 @@ from hypothesis import strategies as st
 from scipy import stats as sps
 
 from bench.stats import (
-    bootstrap_ratio_ci,
     latency_stats,
     mann_whitney_p,
     mcnemar_p,
@@ -139,32 +138,6 @@ def test_mann_whitney_identical_samples_is_not_significant():
 def test_mann_whitney_rejects_unknown_alternative():
     with pytest.raises(ValueError):
         mann_whitney_p([1.0], [2.0], alternative="bigger")
-
-
-# --- bootstrap_ratio_ci -----------------------------------------------------------------------
-
-
-def test_bootstrap_is_deterministic_and_covers_the_true_ratio():
-    rng = np.random.default_rng(7)
-    a, b = 1.3 * rng.lognormal(0, 0.1, 100), rng.lognormal(0, 0.1, 100)
-    ci = bootstrap_ratio_ci(a, b, seed=5)
-    assert ci == bootstrap_ratio_ci(a, b, seed=5)
-    assert ci[0] < 1.3 < ci[1]
-    assert ci[0] > 1.15  # 100 samples pin a 30% shift well away from 1
-    assert bootstrap_ratio_ci(a, b, seed=6) != ci
-
-
-def test_bootstrap_higher_level_is_wider():
-    rng = np.random.default_rng(8)
-    a, b = rng.lognormal(0, 0.1, 60), rng.lognormal(0, 0.1, 60)
-    lo95, hi95 = bootstrap_ratio_ci(a, b, level=0.95)
-    lo50, hi50 = bootstrap_ratio_ci(a, b, level=0.50)
-    assert lo95 <= lo50 <= hi50 <= hi95
-
-
-def test_bootstrap_accepts_other_statistics():
-    lo, hi = bootstrap_ratio_ci([2.0] * 5, [1.0] * 5, stat=np.mean, n_boot=10)
-    assert lo == hi == 2.0
 
 
 # --- pack_bits / unpack_bits ------------------------------------------------------------------
