@@ -104,6 +104,20 @@ def _nvidia_driver() -> str | None:
         return None
 
 
+def cuda_description(index: int = 0) -> str:
+    """One line for logs (scripts/gpu-check.sh): the GPU torch sees, its driver and the CUDA stack,
+    or why there is none. Safe on a host without a GPU."""
+    import torch
+
+    stack = f"torch {torch.__version__}, CUDA {torch.version.cuda or 'none (a CPU build of torch)'}"
+    if not torch.cuda.is_available():
+        return f"no CUDA GPU visible to torch ({stack}; driver {_nvidia_driver() or 'not loaded'})"
+    p = torch.cuda.get_device_properties(index)
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return (f"{p.name} (sm_{p.major}{p.minor}, {p.total_memory / 2**30:.1f} GiB, {torch.cuda.device_count()} visible), "
+            f"driver {_nvidia_driver() or 'unknown'}, {stack}, cuDNN {cudnn or 'none'}")
+
+
 def fingerprint(device: Device, info: dict) -> str:
     """What makes absolute latencies comparable: device class, CPU model or GPU name, threads."""
     hw = info["gpu_name"] if device.kind == "cuda" else info["cpu_model"]

@@ -46,6 +46,12 @@ def pytest_configure(config):
             raise UserError("--update-baselines and --no-gate contradict each other: drop one")
         session = BenchSession(opts, device, opts.project_root, native_input_size(opts.checkpoint, opts.card))
         session.plan()  # unknown variant / runtime names fail here
+        if "onnxruntime" in session.runtime_names():
+            from .runtimes.onnxruntime import package_conflict
+
+            conflict = package_conflict(device.kind)  # two ONNX Runtime packages: say what to uninstall
+            if conflict:
+                raise UserError(conflict)
     except UserError as e:
         raise pytest.UsageError(str(e)) from None
     config.stash[_KEY] = session

@@ -114,3 +114,56 @@ def test_merge_downloads_what_the_device_jobs_upload(wf):
     # Each job writes its reports outside the checkout's committed reports/, so stale files stay out.
     gate = [argv for _, argv in _commands(wf) if "bench/" in argv]
     assert all(argv[argv.index("--report-dir") + 1] == "bench-out" for argv in gate)
+
+
+# ---------------------------------------------------------------- exactly one ONNX Runtime package per job
+ORT_EXTRAS = {"cpu": "onnxruntime", "gpu": "onnxruntime-gpu"}  # pyproject's extras and what each installs
+
+
+def _setup_default_extras() -> str:
+    m = re.search(r"PROJECT_EXTRAS:-([\w,]+)\}", (REPO / "scripts" / "setup.sh").read_text(encoding="utf-8"))
+    assert m, "scripts/setup.sh no longer reads ${PROJECT_EXTRAS:-default}"
+    return m.group(1)
+
+
+def _installs(wf) -> list[tuple[str, dict, str]]:
+    """(job, matrix entry, PROJECT_EXTRAS in force) for every step that runs scripts/setup.sh."""
+    out = []
+    for job_name, job in wf["jobs"].items():
+        for entry in _matrix(wf) if "strategy" in job else [{}]:
+            for step in job["steps"]:
+                if "scripts/setup.sh" in step.get("run", ""):
+                    env = {**job.get("env", {}), **step.get("env", {})}
+                    extras = _expand(str(env["PROJECT_EXTRAS"]), entry) if "PROJECT_EXTRAS" in env \
+                        else _setup_default_extras()
+                    out.append((job_name, entry, extras))
+    return out
+
+
+def test_every_job_installs_exactly_one_onnxruntime_extra(wf):
+    installs = _installs(wf)
+    assert {job for job, _, _ in installs} == set(wf["jobs"]), "every job installs the project"
+    for job, entry, extras in installs:
+        ort = [e for e in extras.split(",") if e in ORT_EXTRAS]
+        assert len(ort) == 1, f"{job} {entry.get('name', '')}: PROJECT_EXTRAS={extras} installs {len(ort)} ONNX Runtime packages"
+        if entry:  # a device job: the CUDA runner gets the GPU build, CPU runners the CPU one
+            assert ort == (["gpu"] if entry["device"] == "cuda" else ["cpu"]), (job, entry["name"], extras)
+
+
+def test_setup_defaults_to_the_cpu_build():
+    assert _setup_default_extras().split(",") == ["dev", "cpu"]
+
+
+def test_onnxruntime_is_only_in_the_cpu_and_gpu_extras():
+    # Any ONNX Runtime package in the base dependencies would be installed beside the gpu extra's
+    # onnxruntime-gpu, and the two share one module.
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+    def ort_names(reqs):
+        return [re.match(r"[A-Za-z0-9_.-]+", r).group(0).lower() for r in reqs
+                if re.match(r"onnxruntime([-_.][a-z]+)?(\[|[<>=!~ ;]|$)", r, re.I)]
+
+    assert ort_names(project["dependencies"]) == []
+    extras = project["optional-dependencies"]
+    for name, reqs in extras.items():
+        assert ort_names(reqs) == ([ORT_EXTRAS[name]] if name in ORT_EXTRAS else []), name
