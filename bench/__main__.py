@@ -2,6 +2,7 @@
 
     python -m bench report render reports/cifar10-x86.json [-o reports/]
     python -m bench report merge a.json b.json -o docs/RESULTS.md [--claims] [--allow-mixed]
+    python -m bench report combine shard1.json shard2.json ... -o results.json
 
 Bad input (missing file, invalid JSON, results that must not be merged) prints
 ``error: <message>`` on stderr and exits 2, with nothing written.
@@ -39,10 +40,19 @@ def _merge(args: argparse.Namespace) -> None:
 
     # Load everything before writing: a bad third file must not leave a half-updated document.
     results = [_load(p) for p in args.results]
-    text = merge(results, claims=args.claims, allow_mixed=args.allow_mixed)
+    text = merge(results, claims=args.claims, allow_mixed=args.allow_mixed, sources=[str(p) for p in args.results])
     if args.output.is_dir():
         raise UserError(f"{args.output}: is a folder; -o takes the markdown file to write, e.g. docs/RESULTS.md")
     _writing(args.output, lambda: atomic_write_bytes(args.output, text.encode("utf-8")))
+    print(args.output)
+
+
+def _combine(args: argparse.Namespace) -> None:
+    from bench.shards import combine_shards
+    from compress.fsutil import atomic_write_json
+
+    combined = combine_shards([_load(p) for p in args.results], [str(p) for p in args.results])
+    _writing(args.output, lambda: atomic_write_json(args.output, combined))
     print(args.output)
 
 
@@ -77,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--allow-mixed", action="store_true",
                        help="merge runs on different datasets/checkpoints into separate sections instead of refusing")
     merge.set_defaults(func=_merge)
+
+    combine = report_commands.add_parser(
+        "combine", help="the shards of one run (pytest bench/ --shard K/N) -> one results JSON file")
+    combine.add_argument("results", type=Path, nargs="+", help="every shard's results JSON file, once each")
+    combine.add_argument("-o", "--output", type=Path, required=True, help="results JSON file to write")
+    combine.set_defaults(func=_combine)
     return parser
 
 

@@ -47,6 +47,8 @@ BASELINE_KIND = "resnet-bench-baseline"
 MAX_STORED_SAMPLES = 200
 # 0.1 us: far below timer noise, and it keeps the stored numbers short.
 MS_DECIMALS = 4
+# An update takes well under a second; a lock held this long belongs to a hung run.
+LOCK_TIMEOUT_S = 300.0
 
 _FIX = "fix or delete the file and re-record the baseline"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -277,22 +279,33 @@ class BaselineStore:
         ``items``: ids to record (default: every item with status "ok"). Items and latency
         shapes not measured in this run are kept, so a run filtered with ``-k`` does not erase
         the rest. ``results`` must already be validated (load_results / validate_results).
-        The file is written atomically and only when its content changes.
+        The file is read, merged and written (atomically, only when its content changes) while
+        holding ``<file>.lock``: two updates at once, in two processes, each keep the other's
+        entries. Only updates lock; reading baselines for the gate needs no write access.
         """
         path = self.path_for_results(results)
         emulated = emulation(results)
         if emulated:
             raise UserError(f"this run was emulated ({emulated}): its latencies are not a baseline for any "
                             "machine; record baselines on the real device")
-        if path.parent.is_dir():
-            sweep_stale_temps(path.parent)  # left by an update that was killed (SIGKILL runs no cleanup)
-        doc = self.load(results["dataset"]["id"], results["device"])
-        old_text = None if doc is None else dumps_json(doc)
-        if doc is None:
-            doc = {"schema_version": BASELINE_SCHEMA_VERSION, "kind": BASELINE_KIND,
-                   "dataset_id": results["dataset"]["id"], "device": results["device"],
-                   "entries": {}}
+        chosen = self._chosen(results, items)
+        if not chosen:
+            return []
+        from filelock import FileLock, Timeout
 
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S):
+                return self._update_locked(path, results, chosen)
+        except Timeout:
+            raise UserError(f"{path}: another baseline update has held {path.name}.lock for over "
+                            f"{LOCK_TIMEOUT_S:.0f} s; wait for it or check for a hung run") from None
+        except OSError as err:
+            raise UserError(f"{path}: cannot write baseline ({err.strerror or err}); the previous "
+                            "baseline is unchanged") from None
+
+    @staticmethod
+    def _chosen(results: dict, items: Iterable[str] | None) -> list[dict]:
         by_id = {item["id"]: item for item in results["items"]}
         if items is None:
             chosen = [item for item in results["items"] if item["status"] == "ok"]
@@ -307,8 +320,18 @@ class BaselineStore:
                     raise UserError(f"cannot record {item_id!r}: its status is "
                                     f"{item['status']} ({item.get('reason')}); fix it and re-run")
                 chosen.append(by_id[item_id])
-        if not chosen:
-            return []
+        return chosen
+
+    def _update_locked(self, path: Path, results: dict, chosen: list[dict]) -> list[str]:
+        # Inside the lock: the file as the last update left it, and no writer of it is running,
+        # so a temporary of this file is one a killed update left (SIGKILL runs no cleanup).
+        sweep_stale_temps(path.parent, locked=path.name)
+        doc = self.load(results["dataset"]["id"], results["device"])
+        old_text = None if doc is None else dumps_json(doc)
+        if doc is None:
+            doc = {"schema_version": BASELINE_SCHEMA_VERSION, "kind": BASELINE_KIND,
+                   "dataset_id": results["dataset"]["id"], "device": results["device"],
+                   "entries": {}}
 
         fingerprint = results["fingerprint"]
         sha = results["checkpoint"]["sha256"]

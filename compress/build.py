@@ -1,16 +1,24 @@
 """Build a variant into an artifact directory with a manifest; rebuild only when an input changed.
 
-Layout: ``<artifact_root>/<dataset id>/<checkpoint sha256[:12]>/<variant>/``
-  manifest.json          what it is, how it was made, how big it really is
+Layout: ``<artifact_root>/<dataset id>/<checkpoint sha256[:12]>/<variant>/<build key[:12]>/``
+  manifest.json          what it is, how it was made, how big it really is; carries an HMAC made
+                         with this user's key (compress/trust.py): a manifest that does not verify
+                         is treated as absent and rebuilt, never read
   weights.safetensors    float and fp16 variants (no code can hide in safetensors)
   weights.int8.pt        int8 variants: quantized tensors have no safetensors form; weights-only torch file
   pruning.json           Torch-Pruning history, replayed on a fresh ResNet18 before loading weights
+
+The build key names every input of the weights (recipe chain, checkpoint, data, card, calibration
+size, fine-tune length, torch): runs with different inputs never share a directory. Every load
+reads each file once, checks its sha256 against the authenticated manifest, and deserializes those
+same bytes, so a file swapped after the build (or between the check and the load) is never used.
 """
 from __future__ import annotations
 
 import copy
 import gzip
 import hashlib
+import io
 import json
 import os
 import platform
@@ -23,18 +31,20 @@ from pathlib import Path
 
 import torch
 
-from . import prune, quantize
+from . import prune, quantize, trust
 from .cards import ModelCard
 from .data import Dataset, Split, default_cache_dir
 from .errors import UserError
 from .evaluate import predict, top1
 from .fsutil import atomic_write_bytes, atomic_write_json, dumps_json, sha256_file
-from .models import build_model, count_macs, count_parameters, read_state_dict, require_safe_torch
+from .models import build_model, count_macs, count_parameters, require_safe_torch
 from .registry import Kind, Recipe, WeightsFormat, lineage
 
 # The manifest layout; a manifest of another format is rebuilt, never read.
-BUILD_FORMAT = 2
+BUILD_FORMAT = 3
 MANIFEST = "manifest.json"
+MANIFEST_PURPOSE = "artifact-manifest"  # what the manifest's HMAC is bound to (compress/trust.py)
+MAC_FIELD = "mac"
 
 
 @dataclass
@@ -48,6 +58,8 @@ class BuildContext:
     eval_samples: int | None = None
     calib_samples: int = 512
     finetune_epochs: float | None = None  # overrides each recipe's own fine-tune length
+    finetune_samples: int | None = None  # fine-tune on a fixed stratified subset of train (default: all)
+    finetune_minutes: float | None = None  # stop each fine-tune after this long (recorded; not reproducible)
     train_device: str = "cpu"
     log: Callable[[str], None] = print
 
@@ -58,10 +70,12 @@ class BuildContext:
 
     def calibration_info(self, split: Split) -> dict:
         return {"split": "train", "n": len(split), "order": "stratified, seed 1",
-                "sha256": hashlib.sha256(split.images.numpy().tobytes()).hexdigest()}
+                "sha256": split.digest()}
 
     def variant_dir(self, name: str) -> Path:
-        return self.artifact_root / self.dataset.id / self.checkpoint_sha256[:12] / name
+        """Where ``name`` built from this context's inputs lives: keyed by its build key."""
+        return (self.artifact_root / self.dataset.id / self.checkpoint_sha256[:12] / name
+                / _build_key(lineage(name), self)[:12])
 
 
 @dataclass
@@ -91,18 +105,37 @@ def _build_key(chain: list[Recipe], ctx: BuildContext) -> str:
         "card": {k: v for k, v in ctx.card.to_json().items() if k != "metrics"},
         "calib_samples": ctx.calib_samples if uses_calib else None,
         "finetune_epochs": ctx.finetune_epochs if uses_finetune else None,
+        "finetune_samples": ctx.finetune_samples if uses_finetune else None,
+        "finetune_minutes": ctx.finetune_minutes if uses_finetune else None,
         "torch": ".".join(torch.__version__.split(".")[:2]),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def read_manifest(vdir: Path) -> dict | None:
+def _read_manifest(vdir: Path) -> tuple[dict | None, str | None]:
+    """(the authenticated manifest without its MAC, None) or (None, why not)."""
     path = vdir / MANIFEST
     try:
         m = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    return m if isinstance(m, dict) and m.get("build_format") == BUILD_FORMAT else None
+    except FileNotFoundError:
+        return None, "missing"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None, "unreadable"
+    if not isinstance(m, dict) or m.get("build_format") != BUILD_FORMAT:
+        return None, "other format"
+    mac = m.pop(MAC_FIELD, None)
+    if not trust.verify_json(m, mac, MANIFEST_PURPOSE):
+        return None, "unauthenticated"
+    return m, None
+
+
+def read_manifest(vdir: Path) -> dict | None:
+    """The manifest in ``vdir`` if it is of this format and authenticated by this user's key, else None."""
+    return _read_manifest(vdir)[0]
+
+
+def _write_manifest(vdir: Path, manifest: dict) -> None:
+    atomic_write_json(vdir / MANIFEST, {**manifest, MAC_FIELD: trust.sign_json(manifest, MANIFEST_PURPOSE)})
 
 
 def verify_files(vdir: Path, manifest: dict) -> bool:
@@ -119,7 +152,10 @@ def verify_files(vdir: Path, manifest: dict) -> bool:
 
 def load_artifact(vdir: str | Path) -> Artifact:
     vdir = Path(vdir)
-    m = read_manifest(vdir)
+    m, why = _read_manifest(vdir)
+    if why == "unauthenticated":
+        raise UserError(f"{vdir}: manifest is not signed with your cache key ({trust.key_file()}): it was written by "
+                        f"someone else or with another key; delete the directory and rebuild")
     if m is None:
         raise UserError(f"{vdir} holds no valid manifest: rebuild with `python -m compress build`")
     if not verify_files(vdir, m):
@@ -128,25 +164,50 @@ def load_artifact(vdir: str | Path) -> Artifact:
 
 
 # ---------------------------------------------------------------- loading (replay, never unpickle a module)
+def read_verified(art: Artifact, name: str) -> bytes:
+    """The bytes of one file of ``art``, read once and checked against the sha256 in its (authenticated)
+    manifest: what is checked is exactly what is then deserialized."""
+    digest = (art.manifest.get("files") or {}).get(name)
+    path = art.dir / name
+    if not isinstance(digest, str) or "/" in name or "\\" in name:
+        raise UserError(f"{art.dir}: {name!r} is not a file its manifest lists; delete the directory and rebuild")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"{path} cannot be read ({err.strerror or type(err).__name__}); "
+                        f"delete {art.dir} and rebuild") from None
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise UserError(f"{art.dir}: files do not match their manifest sha256 ({name} changed since it was "
+                        f"built); delete the directory and rebuild")
+    return data
+
+
 def load_model_from_artifact(art: Artifact, card: ModelCard) -> torch.nn.Module:
     m = art.manifest
     model = build_model(card).eval()
     if m.get("pruning_file"):
-        history = json.loads((art.dir / m["pruning_file"]).read_text())
+        history = json.loads(read_verified(art, m["pruning_file"]))
         prune.replay_channel_prune(model, history, card.input_size)
     try:
         fmt = WeightsFormat(m["weights_format"])
     except ValueError:
         raise UserError(f"{art.dir}: unknown weights_format {m['weights_format']!r}; rebuild with this version") from None
+    data = read_verified(art, m["weights_file"])
     if fmt in (WeightsFormat.SAFETENSORS_FLOAT32, WeightsFormat.SAFETENSORS_FLOAT16):
-        sd = read_state_dict(art.weights_path)
+        from safetensors.torch import load as load_safetensors
+
+        try:
+            sd = load_safetensors(data)
+        except Exception as e:  # a damaged header surfaces as SafetensorError, ValueError ...
+            raise UserError(f"{art.weights_path} cannot be loaded ({type(e).__name__}); "
+                            f"delete {art.dir} and rebuild") from None
         if fmt is WeightsFormat.SAFETENSORS_FLOAT16:
             model = model.half()
         model.load_state_dict(sd)
         return model.eval()
     require_safe_torch()
     try:
-        sd = torch.load(str(art.weights_path), map_location="cpu", weights_only=True)
+        sd = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # refused (would run code), truncated, or not a torch file: never a traceback
         raise UserError(f"{art.weights_path} cannot be loaded ({type(e).__name__}); "
                         f"delete {art.dir} and rebuild") from None
@@ -158,16 +219,21 @@ def load_model_from_artifact(art: Artifact, card: ModelCard) -> torch.nn.Module:
 
 
 # ---------------------------------------------------------------- building
-def _save_weights(model: torch.nn.Module, recipe: Recipe, tmp: Path) -> tuple[str, str]:
+def _save_weights(model: torch.nn.Module, recipe: Recipe, tmp: Path) -> tuple[str, str, bytes]:
+    """Serialize in memory, then write: the manifest records the sha256 of these bytes, never a
+    re-read of a file someone else could have changed in the meantime."""
     fmt = recipe.weights_format
     path = tmp / fmt.file_name
     if fmt in (WeightsFormat.TORCH_INT8_STATIC, WeightsFormat.TORCH_INT8_DYNAMIC):
-        torch.save(model.state_dict(), str(path))
+        buf = io.BytesIO()
+        torch.save(model.state_dict(), buf)
+        raw = buf.getvalue()
     else:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return path.name, fmt.value
+        raw = save({k: v.contiguous() for k, v in model.state_dict().items()})
+    atomic_write_bytes(path, raw)
+    return path.name, fmt.value, raw
 
 
 def library_versions() -> dict:
@@ -204,14 +270,18 @@ def build_variant(name: str, ctx: BuildContext, force: bool = False, _models: di
 
     from filelock import FileLock
 
+    trust.check_cache_dir(ctx.artifact_root)
     vdir.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(vdir) + ".lock"):
-        manifest = read_manifest(vdir)
+        manifest, why = _read_manifest(vdir)
+        if why == "unauthenticated":
+            ctx.log(f"warning: {vdir / MANIFEST} is not signed with your cache key ({trust.key_file()}); "
+                    f"rebuilding {name} instead of trusting it")
         if not force and manifest and manifest.get("key") == key and verify_files(vdir, manifest):
             art = Artifact(name, vdir, manifest)
             if acc_key not in manifest["accuracy"]:
                 manifest["accuracy"][acc_key] = _accuracy(art.load_model(ctx.card), ctx, recipe.backend)
-                atomic_write_json(vdir / MANIFEST, manifest)
+                _write_manifest(vdir, manifest)
             return art
 
         if recipe.parent is None:
@@ -219,8 +289,10 @@ def build_variant(name: str, ctx: BuildContext, force: bool = False, _models: di
         else:
             parent_art = build_variant(recipe.parent, ctx, force=False, _models=_models)
             parent_model = _models.get(recipe.parent) or parent_art.load_model(ctx.card)
-            parent_facts = {"pruning_file": parent_art.manifest.get("pruning_file") and
-                            (parent_art.dir / parent_art.manifest["pruning_file"])}
+            # The history's bytes as the parent's manifest vouches for them (a copy of the file
+            # could be a swapped one).
+            parent_facts = {"pruning_bytes": parent_art.manifest.get("pruning_file") and
+                            read_verified(parent_art, parent_art.manifest["pruning_file"])}
         ctx.log(f"building {name}: {recipe.summary}")
         t0 = time.perf_counter()
         model, facts = recipe.apply(copy.deepcopy(parent_model).eval(), ctx, recipe)
@@ -232,23 +304,36 @@ def build_variant(name: str, ctx: BuildContext, force: bool = False, _models: di
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
-            weights_file, fmt = _save_weights(model, recipe, tmp)
-            pruning_file = None
+            weights_file, fmt, raw = _save_weights(model, recipe, tmp)
+            files = {weights_file: hashlib.sha256(raw).hexdigest()}
+            pruning = None
             if facts.get("pruning_history") is not None:
-                atomic_write_bytes(tmp / "pruning.json", dumps_json(facts["pruning_history"]).encode())
+                pruning = dumps_json(facts["pruning_history"]).encode()
+            elif parent_facts.get("pruning_bytes"):
+                pruning = parent_facts["pruning_bytes"]
+            pruning_file = None
+            if pruning is not None:
                 pruning_file = "pruning.json"
-            elif parent_facts.get("pruning_file"):
-                shutil.copyfile(parent_facts["pruning_file"], tmp / "pruning.json")
-                pruning_file = "pruning.json"
-            manifest = _manifest(name, recipe, chain, ctx, key, model, parent_model, facts, tmp,
+                atomic_write_bytes(tmp / pruning_file, pruning)
+                files[pruning_file] = hashlib.sha256(pruning).hexdigest()
+            manifest = _manifest(name, recipe, chain, ctx, key, model, parent_model, facts, raw, files,
                                  weights_file, fmt, pruning_file, build_seconds)
             manifest["accuracy"] = {acc_key: _accuracy(model, ctx, recipe.backend)}
-            atomic_write_json(tmp / MANIFEST, manifest)
+            _write_manifest(tmp, manifest)
             _swap_into_place(tmp, vdir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return Artifact(name, vdir, manifest)
+
+
+def peak_rss_bytes() -> int:
+    """The process's resident-memory high-water mark so far (children excluded)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak * (1 if sys.platform == "darwin" else 1024))
 
 
 def _swap_into_place(tmp: Path, vdir: Path) -> None:
@@ -259,16 +344,11 @@ def _swap_into_place(tmp: Path, vdir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _manifest(name, recipe, chain, ctx, key, model, parent_model, facts, tmp, weights_file, fmt,
+def _manifest(name, recipe, chain, ctx, key, model, parent_model, facts, raw, files, weights_file, fmt,
               pruning_file, build_seconds) -> dict:
-    wpath = tmp / weights_file
-    raw = wpath.read_bytes()
     params, nonzero = count_parameters(model)
     # int8 and fp16 change the arithmetic, not the work: count MACs on the float parent.
     macs = count_macs(model if recipe.kind is Kind.FLOAT else parent_model, ctx.card.input_size)
-    files = {weights_file: hashlib.sha256(raw).hexdigest()}
-    if pruning_file:
-        files[pruning_file] = sha256_file(tmp / pruning_file)
     return {
         "build_format": BUILD_FORMAT,
         "name": name,
@@ -295,5 +375,7 @@ def _manifest(name, recipe, chain, ctx, key, model, parent_model, facts, tmp, we
         "size_bytes": len(raw),
         "size_gzip_bytes": len(gzip.compress(raw, compresslevel=6, mtime=0)),
         "build_seconds": round(build_seconds, 2),
+        # The process's resident high-water mark when the build ended (includes what came before it).
+        "peak_rss_bytes": peak_rss_bytes(),
         "built_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }

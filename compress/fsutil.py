@@ -5,14 +5,19 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
+
+# A temporary this old belongs to a writer that died (SIGKILL runs no cleanup): nothing we write
+# takes more than seconds. Age, not the writer's pid: a pid means nothing to a process in another
+# container or on another host that shares the directory.
+STALE_TEMP_SECONDS = 3600.0
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # The pid in the name lets a later run tell a dead writer's leftover (SIGKILL runs no
-    # cleanup) from a live concurrent writer's file: see sweep_stale_temps.
+    # The name marks it as ours (".<name>.<pid>.<random>.tmp"): see sweep_stale_temps.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         # mkstemp creates 0600; published files (reports, baselines) get the usual umask mode.
@@ -31,26 +36,23 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
-
-
-def sweep_stale_temps(directory: str | os.PathLike) -> list[Path]:
-    """Remove temporaries that atomic_write_bytes left under ``directory`` when its process was
-    killed; files of writers still running are kept. Returns what was removed (best effort:
-    a read-only checkout simply keeps them)."""
+def sweep_stale_temps(directory: str | os.PathLike, max_age_s: float = STALE_TEMP_SECONDS,
+                      locked: str | None = None, now: float | None = None) -> list[Path]:
+    """Remove temporaries that atomic_write_bytes left under ``directory`` when its writer was
+    killed: those last modified more than ``max_age_s`` ago, whichever host or container wrote
+    them. ``locked``: the name of a file in ``directory`` whose lock the caller holds and whose
+    every writer takes that lock (BaselineStore.update): its temporaries are stale at any age.
+    Returns what was removed (best effort: a read-only checkout simply keeps them)."""
+    now = time.time() if now is None else now
     removed = []
     for tmp in Path(directory).rglob(".*.tmp"):
         parts = tmp.name.rsplit(".", 3)  # ".<name>", "<pid>", "<random>", "tmp"
-        if len(parts) != 4 or not parts[1].isdigit() or _pid_alive(int(parts[1])):
-            continue
+        if len(parts) != 4 or not parts[1].isdigit():
+            continue  # not one of ours
+        mine = locked is not None and tmp.parent == Path(directory) and parts[0] == f".{locked}"
         try:
+            if not mine and now - tmp.lstat().st_mtime <= max_age_s:
+                continue
             tmp.unlink()
             removed.append(tmp)
         except OSError:

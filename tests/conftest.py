@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
 
 from compress import build as build_mod
 from compress.build import Artifact, BuildContext, build_variant
@@ -22,6 +23,11 @@ from compress.cards import ModelCard, card_from_dict
 from compress.data import Dataset, Split, load_digits, stratified_order
 from compress.fsutil import sha256_file
 from compress.models import build_model
+
+# Hypothesis in every test: no per-example deadline (a loaded 2-core CI machine is slow by
+# minutes, not by a bug) and a fixed example sequence, so a run is repeatable like every unit test.
+settings.register_profile("deterministic", deadline=None, derandomize=True, print_blob=True)
+settings.load_profile("deterministic")
 
 INPUT = (32, 32)
 DEFAULT_ENGINE = torch.backends.quantized.engine  # int8 builds switch it; tests put it back
@@ -96,6 +102,7 @@ def _isolated_cache(tmp_path_factory):
     # Nothing a test does may read or write the user's cache (decoded datasets, artifacts, models).
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RESNET18_BENCH_CACHE", str(tmp_path_factory.mktemp("bench-cache")))
+        mp.setenv("RESNET18_BENCH_KEY_FILE", str(tmp_path_factory.mktemp("bench-key") / "cache.key"))
         yield
 
 

@@ -91,7 +91,8 @@ def test_crash_during_write_leaves_old_file_byte_identical(store, monkeypatch):
     with pytest.raises(UserError, match="cannot write baseline .* previous baseline is unchanged"):
         store.update(later_run(p50_int8=3.0))
     assert path.read_bytes() == before
-    assert sorted(p.name for p in path.parent.iterdir()) == ["x86.json"]  # no temp files left
+    # No temp files left (the lock file stays: removing it would race another update's lock).
+    assert sorted(p.name for p in path.parent.iterdir()) == ["x86.json", "x86.json.lock"]
 
 
 def test_samples_are_sorted_and_capped(store):
@@ -330,21 +331,93 @@ def test_update_killed_mid_write_leaves_baselines_as_they_were(store, tmp_path, 
         proc.kill()
     assert proc.returncode != 0
     assert path.read_bytes() == before
-    leftovers = sorted(p.name for p in path.parent.iterdir() if p.name != "x86.json")
-    # SIGINT unwinds and removes its temporary; SIGKILL cannot, so the next update sweeps it.
+    leftovers = sorted(p.name for p in path.parent.iterdir() if p.name not in ("x86.json", "x86.json.lock"))
+    # SIGINT unwinds and removes its temporary; SIGKILL cannot, so the next update (which holds
+    # the lock every writer of x86.json takes) sweeps it, however young it is.
     assert len(leftovers) == (1 if sig == "SIGKILL" else 0)
     assert store.update(later_run(p50_int8=2.6))  # the next run works
-    assert sorted(p.name for p in path.parent.iterdir()) == ["x86.json"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["x86.json", "x86.json.lock"]
     assert json.loads(path.read_text())["entries"]  # and the file is whole
 
 
-def test_sweep_keeps_temporaries_of_live_writers(tmp_path):
-    from compress.fsutil import sweep_stale_temps
+def test_sweep_decides_by_age_not_by_process_id(tmp_path):
+    """A pid says nothing about a writer in another container or on another host sharing the
+    directory: a young temporary is kept whatever its pid, an old one removed whatever its pid."""
+    import time
 
-    live = tmp_path / f".x86.json.{os.getpid()}.abc123.tmp"
-    dead = tmp_path / ".x86.json.999999999.abc123.tmp"
+    from compress.fsutil import STALE_TEMP_SECONDS, sweep_stale_temps
+
+    now = time.time()
+    young_dead_pid = tmp_path / ".x86.json.999999999.abc123.tmp"  # another host's live writer
+    old_live_pid = tmp_path / f".arm.json.{os.getpid()}.def456.tmp"  # pid reused by a live process
     other = tmp_path / ".notes.tmp"  # not one of ours: no pid in the name
-    for p in (live, dead, other):
+    for p in (young_dead_pid, old_live_pid, other):
         p.write_text("partial")
-    assert sweep_stale_temps(tmp_path) == [dead]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name])
+    for p in (old_live_pid, other):
+        os.utime(p, (now - STALE_TEMP_SECONDS - 60, now - STALE_TEMP_SECONDS - 60))
+    assert sweep_stale_temps(tmp_path, now=now) == [old_live_pid]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([young_dead_pid.name, other.name])
+    # Holding x86.json's lock, its own temporaries are stale at any age; other files' are not.
+    young_other = tmp_path / ".arm.json.1.abc.tmp"
+    young_other.write_text("partial")
+    assert sweep_stale_temps(tmp_path, locked="x86.json", now=now) == [young_dead_pid]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([young_other.name, other.name])
+
+
+_CONCURRENT_WRITER = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from gate_fixtures import make_item, make_results
+from bench.baselines import BaselineStore
+
+store = BaselineStore({root!r})
+runs = [make_results([make_item("fp32", "eager", p50_ms=5.0, seed=1),
+                      make_item("v{tag}%d" % i, "eager", p50_ms=3.0, seed=i)],
+                     created_utc="2026-12-02T00:00:00Z", commit="{tag}") for i in range({n})]
+print("READY", flush=True)
+while time.time() < {start}:  # both processes start updating at the same moment
+    pass
+for i, results in enumerate(runs):
+    store.update(results, items=["v{tag}%d-eager-x86" % i])
+print("DONE", flush=True)
+"""
+
+
+def test_two_processes_updating_at_once_keep_each_others_entries(store):
+    """Two --update-baselines runs at once (two CI jobs on one runner, two terminals): without a
+    lock both read the same file, and the second write drops the first one's entries."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    n = 25
+    start = time.time() + 6  # after both have imported numpy/scipy and built their results
+    procs = [subprocess.Popen([sys.executable, "-c", _CONCURRENT_WRITER.format(
+        tests=str(Path(__file__).parent), root=str(store.root), tag=tag, n=n, start=start)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
+        for tag in ("a", "b")]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    assert all(o[0].split() == ["READY", "DONE"] for o in outs)
+    doc = store.load(DATASET_ID, "x86")
+    (entry,) = doc["entries"].values()
+    expected = {f"v{tag}{i}-eager-x86" for tag in "ab" for i in range(n)}
+    assert expected - set(entry["items"]) == set(), "entries lost to a concurrent update"
+    assert set(entry["items"]) == expected
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root ignores permission bits")
+def test_read_only_baselines_still_gate_and_updates_fail_cleanly(store):
+    results = make_results()
+    store.update(results)
+    path = store.path_for_results(results)
+    (path.parent / "x86.json.lock").unlink()  # a fresh checkout has no lock file
+    path.parent.chmod(0o555)
+    try:
+        assert store.load(DATASET_ID, "x86") is not None  # reading needs no lock
+        assert store.lookup_with_notes(results)[0] is not None
+        with pytest.raises(UserError, match="cannot write baseline"):
+            store.update(later_run())
+    finally:
+        path.parent.chmod(0o755)

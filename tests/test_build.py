@@ -7,6 +7,7 @@ import dataclasses
 import gzip
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch
 from conftest import ALL_VARIANTS, make_card
 
 from compress import build as build_mod
+from compress import trust
 from compress.build import _build_key, build_variant, load_artifact
 from compress.errors import UserError
 from compress.fsutil import sha256_file
@@ -27,12 +29,23 @@ STRUCT = {"prune-struct-0.5", "prune-struct-0.5+int8", "prune-struct-stagewise",
 
 
 def copy_variants(built, names, root: Path, log=None, **changes):
-    """A context on a fresh artifact root holding copies (mtimes kept) of the named session artifacts."""
+    """A context on a fresh artifact root holding copies (mtimes kept, same relative places) of the
+    named session artifacts."""
     ctx = dataclasses.replace(built.ctx, artifact_root=root, log=log if log is not None else (lambda s: None),
                               **changes)
     for name in names:
-        shutil.copytree(built.arts[name].dir, ctx.variant_dir(name))
+        src = built.arts[name].dir
+        shutil.copytree(src, root / src.relative_to(built.ctx.artifact_root))
     return ctx
+
+
+def write_manifest(vdir: Path, manifest: dict, signed: bool) -> None:
+    """A manifest as an attacker writes it (``signed=False``: without this user's key) or as one who
+    holds the key would (``signed=True``)."""
+    if signed:
+        build_mod._write_manifest(vdir, manifest)
+    else:
+        (vdir / "manifest.json").write_text(json.dumps(manifest))
 
 
 def leftovers(root: Path) -> list[str]:
@@ -42,10 +55,12 @@ def leftovers(root: Path) -> list[str]:
 
 
 # ---------------------------------------------------------------- layout and manifest
-def test_artifacts_live_under_dataset_id_and_checkpoint_hash(built):
+def test_artifacts_live_under_dataset_id_checkpoint_hash_and_build_key(built):
     ctx = built.ctx
     for name, art in built.arts.items():
-        assert art.dir == ctx.artifact_root / ctx.dataset.id / ctx.checkpoint_sha256[:12] / name
+        key = _build_key(lineage(name), ctx)
+        assert art.dir == ctx.artifact_root / ctx.dataset.id / ctx.checkpoint_sha256[:12] / name / key[:12]
+        assert art.manifest["key"] == key and ctx.variant_dir(name) == art.dir
     assert leftovers(ctx.artifact_root) == []
 
 
@@ -53,6 +68,8 @@ def test_artifacts_live_under_dataset_id_and_checkpoint_hash(built):
 def test_manifest_is_complete_and_matches_the_files_on_disk(name, built, checkpoint):
     art, ctx, recipe = built.arts[name], built.ctx, get_recipe(name)
     m = json.loads((art.dir / "manifest.json").read_text())
+    mac = m.pop("mac")  # HMAC-SHA256 (hex) with this user's key, over everything else
+    assert len(mac) == 64 and trust.verify_json(m, mac, build_mod.MANIFEST_PURPOSE)
     assert m == art.manifest  # what build_variant returned is what it wrote
     assert m["name"] == name and m["parent"] == recipe.parent
     assert m["recipe"]["kind"] == recipe.kind and m["recipe"]["params"] == recipe.params
@@ -148,8 +165,13 @@ def test_changing_calib_samples_rebuilds_int8_static_but_not_fp32(built, tmp_pat
     ctx = copy_variants(built, ["fp32", "int8-static"], tmp_path, log=log.append, calib_samples=24)
     fp32_weights = ctx.variant_dir("fp32") / "weights.safetensors"
     fp32_before = (fp32_weights.stat().st_mtime_ns, (ctx.variant_dir("fp32") / "manifest.json").read_bytes())
+    old_dir = tmp_path / built.arts["int8-static"].dir.relative_to(built.ctx.artifact_root)
+    old_before = {p.name: p.read_bytes() for p in old_dir.iterdir()}
 
     art = build_variant("int8-static", ctx)
+    # Keyed by the build key: the other calibration size's artifact is a sibling, untouched.
+    assert art.dir != old_dir and art.dir.parent == old_dir.parent
+    assert {p.name: p.read_bytes() for p in old_dir.iterdir()} == old_before
     assert art.manifest["calibration"]["n"] == 24
     assert art.manifest["calibration"]["sha256"] != built.arts["int8-static"].manifest["calibration"]["sha256"]
     assert art.manifest["key"] != built.arts["int8-static"].manifest["key"]
@@ -217,17 +239,18 @@ def test_manifest_cannot_point_outside_its_directory(built, tmp_path):
     vdir = copy_variants(built, ["int8-static"], tmp_path).variant_dir("int8-static")
     outside = tmp_path / "elsewhere.pt"
     shutil.copy(vdir / "weights.int8.pt", outside)
-    m = dict(built.arts["int8-static"].manifest, weights_file="../../../../elsewhere.pt",
-             files={"../../../../elsewhere.pt": sha256_file(outside)})
-    (vdir / "manifest.json").write_text(json.dumps(m))
+    m = dict(built.arts["int8-static"].manifest, weights_file="../../../../../elsewhere.pt",
+             files={"../../../../../elsewhere.pt": sha256_file(outside)})
+    write_manifest(vdir, m, signed=True)  # even a manifest signed with the key cannot point outside
     with pytest.raises(UserError, match="do not match their manifest"):
         load_artifact(vdir)
 
 
-def test_int8_weights_that_would_run_code_are_refused(built, card, tmp_path):
-    # Someone who can write the cache can also fix up the sha256 in the manifest: loading still
-    # goes through the weights-only unpickler, and fails as a UserError (fixed in build.py: it
-    # used to escape as pickle.UnpicklingError).
+@pytest.mark.parametrize("signed", [False, True], ids=["forged-manifest", "stolen-key"])
+def test_int8_weights_that_would_run_code_are_refused(built, card, tmp_path, signed):
+    # Someone who can write the cache can also fix up the sha256 in the manifest, but cannot sign
+    # it without this user's key: the manifest is refused before any weights are read. Even with
+    # the key, loading goes through the weights-only unpickler and fails as a UserError.
     import os
 
     vdir = copy_variants(built, ["int8-static"], tmp_path).variant_dir("int8-static")
@@ -239,8 +262,9 @@ def test_int8_weights_that_would_run_code_are_refused(built, card, tmp_path):
 
     torch.save({"conv1.weight": Exploit()}, vdir / "weights.int8.pt")
     m = dict(built.arts["int8-static"].manifest, files={"weights.int8.pt": sha256_file(vdir / "weights.int8.pt")})
-    (vdir / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(UserError, match="weights.int8.pt cannot be loaded .* and rebuild"):
+    write_manifest(vdir, m, signed=signed)
+    match = "weights.int8.pt cannot be loaded .* and rebuild" if signed else "not signed with your cache key"
+    with pytest.raises(UserError, match=match):
         load_artifact(vdir).load_model(card)
     assert not marker.exists()
 
@@ -265,7 +289,7 @@ def test_failure_mid_build_leaves_no_variant_and_no_temp_dir(built, tmp_path, mo
         build_variant("fp32", ctx)
     assert not ctx.variant_dir("fp32").exists()
     assert leftovers(tmp_path) == []
-    assert [p.name for p in ctx.variant_dir("fp32").parent.iterdir()] == ["fp32.lock"]
+    assert [p.name for p in ctx.variant_dir("fp32").parent.iterdir()] == [ctx.variant_dir("fp32").name + ".lock"]
 
 
 def test_failed_rebuild_keeps_the_previous_artifact(built, tmp_path, monkeypatch):
@@ -320,3 +344,65 @@ def test_two_builders_at_once_build_once_and_agree(built, tmp_path):
         ["building fp32: " + get_recipe("fp32").summary, "building int8-dynamic: " + get_recipe("int8-dynamic").summary]
     assert leftovers(tmp_path) == []
     load_artifact(ctx.variant_dir("int8-dynamic"))  # whole and verified
+
+
+# ---------------------------------------------------------------- an attacker who can write the cache
+def test_forged_manifest_is_never_read_and_the_artifact_is_rebuilt(built, tmp_path):
+    """Whoever can write the cache could choose the measured accuracy (and, with the file hashes,
+    which weights are loaded): a manifest not signed with this user's key is treated as absent."""
+    log: list[str] = []
+    ctx = copy_variants(built, ["fp32"], tmp_path, log=log.append)
+    vdir = ctx.variant_dir("fp32")
+    original = built.arts["fp32"].manifest
+    forged = json.loads((vdir / "manifest.json").read_text())
+    forged["accuracy"]["all"] = {**forged["accuracy"]["all"], "top1": 1.0, "correct": 200}  # keeps the old mac
+    (vdir / "manifest.json").write_text(json.dumps(forged))
+
+    with pytest.raises(UserError, match="manifest is not signed with your cache key") as err:
+        load_artifact(vdir)
+    assert "\n" not in str(err.value)
+    art = build_variant("fp32", ctx)
+    assert [line for line in log if line.startswith("warning:")] == [
+        f"warning: {vdir / 'manifest.json'} is not signed with your cache key ({trust.key_file()}); "
+        "rebuilding fp32 instead of trusting it"]
+    assert any(line.startswith("building fp32") for line in log)
+    assert art.manifest["accuracy"] == original["accuracy"] and art.manifest["files"] == original["files"]
+    assert load_artifact(vdir).manifest == art.manifest
+
+
+def test_weights_swapped_after_the_build_returned_are_refused_at_load(built, card, tmp_path):
+    """build_variant returns under its lock, but the model is loaded later: the load re-checks
+    the bytes it reads against the authenticated manifest (another run, or an attacker, may have
+    put other weights there in between)."""
+    ctx = copy_variants(built, ["fp32", "prune-l1-20"], tmp_path)
+    art = build_variant("fp32", ctx)
+    other = ctx.variant_dir("prune-l1-20") / "weights.safetensors"  # valid weights, same architecture
+    shutil.copyfile(other, art.weights_path)
+    with pytest.raises(UserError, match="files do not match their manifest sha256 .*weights.safetensors"):
+        art.load_model(card)
+
+
+def test_runs_with_different_build_inputs_never_share_a_directory(built, tmp_path):
+    ctx16 = copy_variants(built, ["fp32", "int8-static"], tmp_path)
+    ctx24 = dataclasses.replace(ctx16, calib_samples=24)
+    ctx_ft = dataclasses.replace(ctx16, finetune_epochs=1.0)
+    assert ctx16.variant_dir("int8-static") != ctx24.variant_dir("int8-static")
+    assert ctx16.variant_dir("prune-struct-0.5") != ctx_ft.variant_dir("prune-struct-0.5")
+    assert ctx16.variant_dir("fp32") == ctx24.variant_dir("fp32") == ctx_ft.variant_dir("fp32")
+    a24 = build_variant("int8-static", ctx24)
+    a16 = build_variant("int8-static", ctx16)  # still there, still its own
+    assert a16.manifest == built.arts["int8-static"].manifest and a16.dir != a24.dir
+    assert a24.manifest["calibration"]["n"] == 24 and a16.manifest["calibration"]["n"] == 16
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX permissions")
+def test_group_writable_artifact_root_is_refused(built, tmp_path):
+    root = tmp_path / "shared"
+    root.mkdir()
+    root.chmod(0o775)
+    ctx = dataclasses.replace(built.ctx, artifact_root=root, log=lambda s: None)
+    with pytest.raises(UserError) as err:
+        build_variant("fp32", ctx)
+    msg = str(err.value)
+    assert "\n" not in msg and str(root) in msg and f"chmod go-w {root}" in msg and "--cache-dir" in msg
+    assert list(root.iterdir()) == []

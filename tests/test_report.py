@@ -313,6 +313,60 @@ def test_merge_of_nothing_is_an_error():
         report.merge([])
 
 
+def test_merge_refuses_the_same_results_twice(x86, rpi):
+    # The same file twice used to give two columns of one run.
+    with pytest.raises(UserError, match=r"results #1 and #3 are identical .*pass each results file once") as err:
+        report.merge([x86, rpi, copy.deepcopy(x86)])
+    assert "\n" not in str(err.value)
+    # A copy of the same run with its gate re-run (other content, same run) is refused too.
+    regated = copy.deepcopy(x86)
+    regated["gate"]["findings"] = []
+    with pytest.raises(UserError, match=r"a\.json and b\.json are the same run"):
+        report.merge([x86, regated], sources=["a.json", "b.json"])
+    # Another run on the same machine is a column of its own.
+    later = copy.deepcopy(x86)
+    later["created_utc"] = "2026-12-01T03:00:00Z"
+    assert report.merge([x86, later]).count("x86 · AMD EPYC 9R14 · threads=2 @ ") >= 2
+
+
+def test_cli_merge_refuses_the_same_file_twice(tmp_path, capsys):
+    out = tmp_path / "RESULTS.md"
+    argv = ["report", "merge", str(DATA / "results-x86.json"), str(DATA / "results-x86.json"), "-o", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "identical" in err and not out.exists()
+
+
+HOSTILE = '<img src=x onerror="alert(1)"> & <script>alert(2)</script>'
+
+
+def test_merge_escapes_html_and_pipes_from_results(x86, rpi):
+    """Every string a results file brings is escaped: no raw HTML, no line break that starts a new
+    block, no pipe that splits a table cell."""
+    x86["fingerprint"] = f"x86|{HOSTILE}|threads=2"
+    x86["machine_info"]["cpu_model"] = HOSTILE + " | col"
+    x86["commit_info"]["id"] = "<b>abc</b>"
+    x86["versions"]["torch"] = "2.10\n\n<iframe src=//evil>"
+    problem = next(it for it in x86["items"] if it["status"] != "ok")
+    problem["reason"] = HOSTILE + "\n| injected | row |"
+    rpi["device"] = "rpi<svg onload=alert(3)>"
+    text = report.merge([x86, rpi], claims=True)
+    for raw in ("<img", "<script", "<b>", "<iframe", "<svg"):
+        assert raw not in text, raw
+    assert "&lt;img src=x onerror=\"alert(1)\"&gt; &amp; &lt;script&gt;" in text
+    assert "&lt;svg onload=alert(3)&gt;" in text
+    assert "\\| injected \\| row \\|" in text  # inside its cell, on its row
+    assert not any(line.startswith("| injected") for line in text.splitlines())
+    lines = text.splitlines()
+    for i, line in enumerate(lines):  # every row of every table has as many cells as its header
+        if line.startswith("|") and not lines[i - 1].startswith("|"):
+            cells = line.replace("\\|", "").count("|")
+            for row in lines[i + 1:]:
+                if not row.startswith("|"):
+                    break
+                assert row.replace("\\|", "").count("|") == cells, row
+
+
 # --- claims ---------------------------------------------------------------------------------
 
 def test_claims_are_data_with_a_source():

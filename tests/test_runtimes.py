@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -248,6 +249,89 @@ def test_tampered_cached_file_is_never_loaded_silently(world):
     assert sha256_file(again.path) == json.loads(path.with_name(path.name + ".json").read_text())["sha256"]
     assert record["key"] == json.loads(path.with_name(path.name + ".json").read_text())["key"]
     assert rel_error(again.logits(world.x), world.logits("eager", "fp32")) < 1e-3
+
+
+class _SetstateWritesAFile(torch.nn.Module):
+    """What an attacker saves over a cached TorchScript file: torch.jit.load runs the module's
+    __setstate__, which here creates the file named in its state (torch.from_file, shared=True)."""
+
+    def __init__(self, marker: str):
+        super().__init__()
+        self.marker = marker
+
+    def forward(self, x):
+        return x
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[str, bool]:
+        return (self.marker, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[str, bool]) -> None:
+        self.marker = state[0]
+        written = torch.from_file(state[0], True, 8)
+        self.training = bool(written.sum() >= 0.0) and state[1]
+
+
+@pytest.mark.parametrize("record", ["rewritten", "old-mac-kept"])
+def test_forged_torchscript_with_a_matching_record_never_runs(world, tmp_path, capfd, record):
+    """The attack: a scripted module whose __setstate__ writes a file, saved over the cached fp32
+    TorchScript file, its sha256 record rewritten to match. The record's HMAC needs this user's
+    key, which lives outside the cache: the file is rebuilt, and nothing in it ever runs."""
+    path = world.handle("torchscript", "fp32").path  # cached and trusted
+    rec_path = path.with_name(path.name + ".json")
+    rec = json.loads(rec_path.read_text())
+    marker = tmp_path / "PWNED"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.script is deprecated
+        torch.jit.save(torch.jit.script(_SetstateWritesAFile(str(marker))), str(path))
+    forged = path.read_bytes()
+    forged_rec = {"key": rec["key"], "sha256": sha256_file(path)}
+    if record == "old-mac-kept":
+        forged_rec.update(file=rec["file"], mac=rec["mac"])
+    rec_path.write_text(json.dumps(forged_rec))
+    capfd.readouterr()
+
+    with pytest.raises(UserError, match="is not signed with your cache key") as err:
+        verified(path)
+    assert "\n" not in str(err.value)
+    again = TorchScriptRuntime().load(world.request("fp32"))
+    assert not marker.exists(), "the forged module's __setstate__ ran"
+    assert again.path == path and path.read_bytes() != forged
+    assert rel_error(again.logits(world.x), world.logits("eager", "fp32")) < 1e-3
+    assert f"warning: {rec_path} is not signed with your cache key" in capfd.readouterr().err
+    verified(path)  # the rebuilt file's record is signed again
+
+    # The payload is real: loaded directly, it does write the file.
+    (tmp_path / "forged.pt").write_bytes(forged)
+    torch.jit.load(str(tmp_path / "forged.pt"))
+    assert marker.exists()
+
+
+def test_forged_onnx_file_with_a_matching_record_is_rebuilt(world):
+    """ONNX files carry no code, but whoever swaps one chooses the measured accuracy."""
+    path = world.handle("onnxruntime", "fp32").path
+    rec_path = path.with_name(path.name + ".json")
+    other = world.handle("onnxruntime", INT8).path  # a valid model with other outputs
+    path.write_bytes(other.read_bytes())
+    rec_path.write_text(json.dumps({**json.loads(rec_path.read_text()), "sha256": sha256_file(path)}))
+    with pytest.raises(UserError, match="not signed with your cache key"):
+        verified(path)
+    again = OnnxRuntime().load(world.request("fp32"))
+    assert sha256_file(again.path) != sha256_file(other)
+    assert rel_error(again.logits(world.x), world.logits("eager", "fp32")) < 1e-3
+
+
+def test_cached_file_record_is_signed_and_bound_to_its_file_name(tmp_path):
+    art = Artifact("x", tmp_path / "x", {"key": "k"})
+    a = cached_file(art, "a.bin", {}, lambda tmp: tmp.write_bytes(b"same bytes"))
+    b = cached_file(art, "b.bin", {}, lambda tmp: tmp.write_bytes(b"same bytes"))
+    rec_a = json.loads(a.with_name("a.bin.json").read_text())
+    assert len(rec_a["mac"]) == 64 and verified(a) == a and verified(b) == b
+    # A valid record copied to another name does not vouch for that file.
+    b.with_name("b.bin.json").write_text(json.dumps({**rec_a, "file": "b.bin"}))
+    with pytest.raises(UserError, match="not signed"):
+        verified(b)
 
 
 def test_cached_file_rebuilds_when_its_key_changes(tmp_path):

@@ -2,6 +2,7 @@
 plus the variant registry (names, families, glob patterns, lineage)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from conftest import ALL_VARIANTS, DEFAULT_ENGINE
@@ -124,7 +125,9 @@ def test_a_one_step_finetune_does_not_divide_by_zero(card, tiny_digits):
 
     from compress.train import TrainConfig, train
 
-    train(random_resnet18(card), subset(tiny_digits.train, 8), card, TrainConfig(epochs=1.0), log=lambda s: None)
+    summary = train(random_resnet18(card), subset(tiny_digits.train, 8), card, TrainConfig(epochs=1.0),
+                    log=lambda s: None)
+    assert summary["steps"] == 1 and np.isfinite(summary["final_loss"])
 
 
 def test_prune_struct_int8_inherits_the_pruned_architecture(built, reloaded):

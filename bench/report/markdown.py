@@ -56,8 +56,33 @@ def _cell(text) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
+_HTML_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
+
+
+def escape_text(text: str) -> str:
+    """Text from a results file made inert in markdown: ``&``, ``<`` and ``>`` as HTML entities
+    (no raw HTML gets through) and line breaks as spaces (no new block starts). Table cells
+    also escape pipes (``_cell``)."""
+    return _CONTROL.sub(" ", str(text)).translate(_HTML_ESCAPES)
+
+
+def escape_results(obj):
+    """A copy of a results document with every string, dictionary keys included, passed through
+    ``escape_text``: whatever a results file holds can then go into any line or cell of a report."""
+    if isinstance(obj, str):
+        return escape_text(obj)
+    if isinstance(obj, dict):
+        return {escape_text(k) if isinstance(k, str) else k: escape_results(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [escape_results(v) for v in obj]
+    return obj
+
+
 def _md(df: pd.DataFrame) -> str:
     # disable_numparse: cells are already formatted; tabulate would reformat "44.70" to "44.7".
+    # Column names can come from results too (merge labels each run's column): pipes escaped.
+    df = df.rename(columns=lambda c: str(c).replace("|", "\\|"))
     return df.map(_cell).to_markdown(index=False, disable_numparse=True)
 
 
@@ -85,9 +110,24 @@ def _environment_lines(results: dict) -> list[str]:
         f"native input {native_size(results)}",
         f"- Checkpoint: sha256 `{_shorten_sha(ck.get('sha256'))}` ({ck.get('source') or 'source not recorded'})",
         f"- Date: {results.get('created_utc', NA)} (run start, UTC)",
-    ] + ([f"- **Emulated ({m['emulated']})**: every latency and throughput here was measured under "
+    ] + _cost_lines(results) + ([f"- **Emulated ({m['emulated']})**: every latency and throughput here was measured under "
           "emulation and says nothing about real hardware; none is compared with baselines"]
          if m.get("emulated") else [])
+
+
+def _cost_lines(results: dict) -> list[str]:
+    """What the run cost: peak resident memory, and how fast evaluation images went through."""
+    peak = (results.get("resources") or {}).get("peak_rss_bytes")
+    speeds = [it["eval_img_s"] for it in results["items"] if it.get("eval_img_s")]
+    if peak is None and not speeds:
+        return []  # results files written before these were recorded
+    parts = []
+    if peak is not None:
+        parts.append(f"peak resident memory {peak / 1e9:.2f} GB")
+    if speeds:
+        parts.append(f"evaluation {min(speeds):,.0f} to {max(speeds):,.0f} images/s per (variant, runtime), "
+                     "decoding included")
+    return [f"- Cost: {'; '.join(parts)}"]
 
 
 def _count_words(counts: dict[str, int]) -> str:
@@ -139,7 +179,7 @@ def _summary_table(results: dict, df: pd.DataFrame) -> pd.DataFrame:
         "Δ vs fp32 (pp)": df["delta_pp"].map(_pp),
     })
     for size in input_sizes(results):
-        noisy = df[f"noisy@{size}"].fillna(False).astype(bool)
+        noisy = [_present(v) and bool(v) for v in df[f"noisy@{size}"]]  # missing: not measured, not noisy
         out[f"b1 p50 / p90 ms @{size}"] = [
             f"{_f(p50, '.2f')} / {_f(p90, '.2f')}" + (" (noisy)" if n else "") if _present(p50) else NA
             for p50, p90, n in zip(df[f"p50_ms@{size}"], df[f"p90_ms@{size}"], noisy)]

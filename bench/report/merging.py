@@ -1,9 +1,15 @@
 """Several results files (one per machine or run) -> one markdown document, a column per run.
 
 Runs on different datasets or checkpoints are refused unless the caller allows a mix; then
-each (dataset, checkpoint) gets its own section, since their numbers are not comparable.
+each (dataset, checkpoint) gets its own section, since their numbers are not comparable. The same
+run passed twice is refused (it would be two columns of one measurement). Every string taken from
+a results file is escaped before it reaches the document (markdown.escape_results): a results file
+cannot put raw HTML, line breaks or table pipes into the merged markdown.
 """
 from __future__ import annotations
+
+import hashlib
+import json
 
 import pandas as pd
 
@@ -25,7 +31,17 @@ from .frames import (
     noisy_frame,
     problems_frame,
 )
-from .markdown import NA, _count_words, _f, _md, _pp, _reason, _recommendation_line, _shorten_sha
+from .markdown import (
+    NA,
+    _count_words,
+    _f,
+    _md,
+    _pp,
+    _reason,
+    _recommendation_line,
+    _shorten_sha,
+    escape_results,
+)
 from .rules import accuracy_budget, recommend
 
 
@@ -140,13 +156,42 @@ def _merged_section(results_list: list[dict], labels: list[str], level: int, cla
     return lines
 
 
-def merge(results_list: list[dict], claims: bool = False, allow_mixed: bool = False) -> str:
+def _run_identity(results: dict) -> tuple:
+    """What names one run: the machine, its settings, when it started and from which commit."""
+    return ((results.get("machine_info") or {}).get("node"), results.get("fingerprint"), results["device"],
+            results.get("created_utc"), (results.get("commit_info") or {}).get("id"),
+            results["dataset"]["id"], results["checkpoint"]["sha256"])
+
+
+def refuse_duplicates(results_list: list[dict], sources: list[str] | None = None) -> None:
+    """UserError if one run appears twice: the same file given twice, a copy of it, or another
+    rendering of the same run (same machine, settings, start time and commit)."""
+    seen: dict[object, int] = {}
+    for i, r in enumerate(results_list):
+        content = hashlib.sha256(json.dumps(r, sort_keys=True, default=str).encode()).hexdigest()
+        for key in (("content", content), ("run", _run_identity(r))):
+            if key in seen:
+                j = seen[key]
+                named = (f"{sources[j]} and {sources[i]}" if sources and len(sources) == len(results_list)
+                         else f"results #{j + 1} and #{i + 1}")
+                what = "are identical" if key[0] == "content" else "are the same run"
+                raise UserError(f"{named} {what} (fingerprint {r.get('fingerprint')!r}, started "
+                                f"{r.get('created_utc')}): each run would appear as two columns; pass each "
+                                "results file once")
+            seen[key] = i
+
+
+def merge(results_list: list[dict], claims: bool = False, allow_mixed: bool = False,
+          sources: list[str] | None = None) -> str:
     """One markdown document with a column per run; refuses runs on different data/checkpoints
-    unless ``allow_mixed``, which puts each (dataset, checkpoint) in its own section."""
+    unless ``allow_mixed``, which puts each (dataset, checkpoint) in its own section. Refuses the
+    same run twice; ``sources`` (the files' names, in order) only make that message name them."""
     if not results_list:
         raise UserError("nothing to merge: pass at least one results JSON file")
     for r in results_list:
         _check_shape(r)
+    refuse_duplicates(results_list, sources)
+    results_list = [escape_results(r) for r in results_list]
     labels = run_labels(results_list)
     groups: dict[tuple[str, str], list[int]] = {}
     for i, r in enumerate(results_list):

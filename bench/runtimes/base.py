@@ -1,6 +1,7 @@
 """What every runtime adapter provides: availability, support rules, and a loaded handle."""
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -10,11 +11,12 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from compress import trust
 from compress.build import Artifact
 from compress.cards import ModelCard
 from compress.data import Split
 from compress.errors import UserError
-from compress.fsutil import atomic_write_json, sha256_file
+from compress.fsutil import atomic_write_bytes, atomic_write_json, sha256_file
 from compress.registry import Recipe
 
 from ..devices import Device
@@ -138,9 +140,39 @@ def runtime_dir(art: Artifact) -> Path:
     return art.dir / "runtime"
 
 
+RECORD_PURPOSE = "runtime-file"  # what a runtime file record's HMAC is bound to (compress/trust.py)
+
+
+def _record_body(name: str, key: dict, sha256: str) -> dict:
+    return {"file": name, "key": key, "sha256": sha256}
+
+
+def _read_record(path: Path) -> tuple[dict | None, str | None]:
+    """(the authenticated record of ``path``, None) or (None, why not): "missing", "damaged" or
+    "unauthenticated" (its HMAC does not verify with this user's key: forged, or another key's)."""
+    try:
+        rec = json.loads((path.parent / f"{path.name}.json").read_text())
+    except FileNotFoundError:
+        return None, "missing"
+    except (OSError, ValueError, RecursionError):
+        return None, "damaged"
+    if not isinstance(rec, dict) or not isinstance(rec.get("sha256"), str) or not isinstance(rec.get("key"), dict):
+        return None, "damaged"
+    if not trust.verify_json(_record_body(path.name, rec["key"], rec["sha256"]), rec.get("mac"), RECORD_PURPOSE):
+        return None, "unauthenticated"
+    return rec, None
+
+
 def cached_file(art: Artifact, name: str, key: dict, make: Callable[[Path], None]) -> Path:
     """A derived file (TorchScript, ONNX) kept beside the artifact, rebuilt when ``key`` changes and
-    used only while its sha256 matches the record: a swapped file is never loaded."""
+    used only while its sha256 matches a record authenticated with this user's key (HMAC,
+    compress/trust.py): a swapped file, or one whose record someone else rewrote, is rebuilt.
+
+    ``make`` writes into a private temporary directory outside the cache; the sha256 recorded is
+    of the bytes this run made, then copied into place."""
+    import shutil
+    import tempfile
+
     from filelock import FileLock
 
     d = runtime_dir(art)
@@ -148,26 +180,48 @@ def cached_file(art: Artifact, name: str, key: dict, make: Callable[[Path], None
     path, record = d / name, d / f"{name}.json"
     key = {**key, "artifact_key": art.manifest["key"]}
     with FileLock(str(path) + ".lock"):
+        rec, why = _read_record(path)
+        if rec is not None and rec["key"] == key:
+            try:
+                if sha256_file(path) == rec["sha256"]:
+                    return path
+            except OSError:
+                pass
+        if why == "unauthenticated":
+            trust.warn(f"{record} is not signed with your cache key ({trust.key_file()}): "
+                       f"rebuilding {name} instead of loading it")
+        private = Path(tempfile.mkdtemp(prefix="resnet18-bench-"))  # 0700, outside the cache
         try:
-            rec = json.loads(record.read_text())
-            if rec.get("key") == key and path.is_file() and sha256_file(path) == rec.get("sha256"):
-                return path
-        except (OSError, ValueError):
-            pass
-        tmp = d / f".{name}.tmp"
-        tmp.unlink(missing_ok=True)
-        try:
+            tmp = private / f".{name}.tmp"
             make(tmp)
-            tmp.replace(path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        atomic_write_json(record, {"key": key, "sha256": sha256_file(path)})
+            data = tmp.read_bytes()
+        finally:
+            shutil.rmtree(private, ignore_errors=True)
+        digest = hashlib.sha256(data).hexdigest()
+        atomic_write_bytes(path, data)
+        atomic_write_json(record, {**_record_body(name, key, digest),
+                                   "mac": trust.sign_json(_record_body(name, key, digest), RECORD_PURPOSE)})
     return path
 
 
-def verified(path: Path) -> Path:
-    rec = json.loads((path.parent / f"{path.name}.json").read_text())
-    if sha256_file(path) != rec["sha256"]:
+def verified_bytes(path: Path) -> bytes:
+    """The bytes of a cached runtime file, read once and checked against its authenticated record:
+    hand these (not the path) to the loader, so that what is checked is what is loaded."""
+    rec, why = _read_record(path)
+    if rec is None:
+        what = ("is not signed with your cache key" if why == "unauthenticated"
+                else f"has no usable record ({why})")
+        raise UserError(f"{path} {what}; delete {path.parent} and re-run")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"{path} cannot be read ({err.strerror}); delete {path.parent} and re-run") from None
+    if hashlib.sha256(data).hexdigest() != rec["sha256"]:
         raise UserError(f"{path} does not match its recorded sha256; delete {path.parent} and re-run")
+    return data
+
+
+def verified(path: Path) -> Path:
+    """``path`` if it matches its authenticated record now (see verified_bytes; UserError if not)."""
+    verified_bytes(path)
     return path

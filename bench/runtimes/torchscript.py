@@ -1,11 +1,12 @@
 """TorchScript: traced and frozen, saved to disk and loaded back, as a LibTorch (C++) program would."""
 from __future__ import annotations
 
+import io
 import warnings
 
 import torch
 
-from .base import TORCH_AO_NO_CUDA_INT8, Handle, LoadRequest, Runtime, cached_file, verified
+from .base import TORCH_AO_NO_CUDA_INT8, Handle, LoadRequest, Runtime, cached_file, verified_bytes
 from .eager import torch_handle
 from .registry import register_runtime
 
@@ -34,6 +35,9 @@ class TorchScriptRuntime(Runtime):
 
         path = cached_file(req.artifact, f"torchscript-{req.device.kind}.pt",
                            {"torch": torch.__version__, "device": req.device.kind}, make)
-        module = torch.jit.load(str(verified(path)), map_location=dev)
+        # TorchScript runs code while loading (a module's __setstate__): load only the bytes whose
+        # sha256 matches the record authenticated with this user's key, read once (no swap between
+        # the check and the load).
+        module = torch.jit.load(io.BytesIO(verified_bytes(path)), map_location=dev)
         info = {"frozen": True, "threads": torch.get_num_threads(), "quantized_engine": backend}
         return torch_handle(self.name, module, req, path, info)
