@@ -50,7 +50,7 @@ from typing import Any
 
 from .baselines import BaselineStore
 from .config import GateConfig
-from .results import VERDICT_ORDER, emulation, fmt_ms, is_reference, item_label, shape_key
+from .results import VERDICT_ORDER, emulation, fmt_ms, in_shard, is_reference, item_label, shape_key
 from .stats import mann_whitney_p, mcnemar_p, unpack_bits
 
 # Counts are compared as pp of n; this keeps 1/3 * 3 style float error from flipping a verdict.
@@ -320,7 +320,9 @@ def run_gate(results: dict, store: BaselineStore, config: GateConfig) -> dict:
     if compared is not None:
         present = {item["id"] for item in results["items"]}
         present |= {s["id"] for s in results.get("skipped") or []}
-        for item_id in sorted(set(compared["items"]) - present):
+        shard = (results.get("options") or {}).get("shard")
+        expected = {i for i, it in compared["items"].items() if in_shard((it["variant"], it["runtime"]), shard)}
+        for item_id in sorted(expected - present):
             findings.append(Finding(item_id, "baseline", None, "missing",
                                     f"{item_id} is in the baseline ({compared['fingerprint']}) but "
                                     "not in this run"))

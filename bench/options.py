@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compress.argtypes import fail, nonneg_float, positive_int
+from compress.argtypes import fail, nonneg_float, positive_float, positive_int
+from compress.data import DEFAULT_CACHE_MAX_GB
 
 from .devices import DEVICE_CHOICES
 
@@ -32,6 +33,17 @@ def int_list(s: str) -> tuple[int, ...]:
     if not vals:
         fail("expected a comma list of positive integers, e.g. 1,32")
     return tuple(sorted(vals | {1}))
+
+
+def shard_spec(s: str) -> tuple[int, int]:
+    """``2/3`` -> (2, 3): this machine measures the second of three shards of the matrix."""
+    try:
+        k, n = (int(p) for p in s.split("/"))
+    except ValueError:
+        fail(f"expected K/N such as 1/3, got {s!r}")
+    if not 1 <= k <= n:
+        fail(f"shard {s}: K must be from 1 to N")
+    return k, n
 
 
 def name_list(s: str) -> tuple[str, ...]:
@@ -94,6 +106,11 @@ class BenchOptions:
     project_root: Path | None = None  # pytest's rootdir: its pyproject.toml configures the gate if it has one
     # runtime name -> {option dest: value}: each runtime's own options (RuntimeOption)
     runtime_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    finetune_samples: int | None = None
+    finetune_minutes: float | None = None
+    eval_split: str | None = None
+    cache_max_gb: float = DEFAULT_CACHE_MAX_GB
+    shard: tuple[int, int] | None = None
 
     def flat_runtime_options(self) -> dict[str, Any]:
         """Every runtime option by its dest (option names are unique across runtimes)."""
@@ -120,6 +137,15 @@ def add_options(parser) -> None:
     g.addoption("--eval-samples", type=positive_int, default=None, help="fixed stratified test subset (default: all)")
     g.addoption("--calib-samples", type=positive_int, default=512, help="train images for int8 calibration")
     g.addoption("--finetune-epochs", type=nonneg_float, default=None, help="override pruned variants' fine-tune")
+    g.addoption("--finetune-samples", type=positive_int, default=None,
+                help="fine-tune on a fixed stratified subset of this many train images (default: all)")
+    g.addoption("--finetune-minutes", type=positive_float, default=None,
+                help="stop each fine-tune after this many minutes (recorded; not reproducible across machines)")
+    g.addoption("--eval-split", default=None,
+                help="imagefolder: the evaluation folder (default: test/, else val/ as in ImageNet's layout)")
+    g.addoption("--cache-max-gb", type=nonneg_float, default=DEFAULT_CACHE_MAX_GB,
+                help="imagefolder: decoded images kept in the cache per run; larger subsets are streamed "
+                     f"(default {DEFAULT_CACHE_MAX_GB:g}; 0 streams everything)")
     g.addoption("--threads", type=positive_int, default=os.cpu_count() or 1, help="intra-op threads, every runtime")
     g.addoption("--batch-size", type=int_list, default=None,
                 help="comma list; 1 always included; throughput at the largest "
@@ -138,6 +164,9 @@ def add_options(parser) -> None:
     g.addoption("--no-gate", action="store_true", help="measure and report only; compare nothing")
     g.addoption("--latency-gate", default="fail", choices=("fail", "report"),
                 help="latency regressions fail their item (default) or are only reported")
+    g.addoption("--shard", type=shard_spec, default=None,
+                help="K/N: measure only shard K of N of the (variant, runtime) matrix (fp32 eager in every "
+                     "shard); each shard writes its own results file, `python -m bench report combine` joins them")
     g.addoption("--gate-config", type=Path, default=None,
                 help="pyproject.toml whose [tool.resnet18-bench.gate] sets the thresholds "
                      "(default: the one at pytest's rootdir; built-in defaults where it has none)")
@@ -165,4 +194,6 @@ def read_options(config) -> BenchOptions:
         update_baselines=o("--update-baselines"), baseline_missing=o("--baseline-missing"),
         gate=not o("--no-gate"), latency_gate=o("--latency-gate"), gate_config=o("--gate-config"),
         project_root=root,
-        runtime_options={rt.name: {opt.dest: o(opt.flag) for opt in rt.options} for rt in runtimes().values()})
+        runtime_options={rt.name: {opt.dest: o(opt.flag) for opt in rt.options} for rt in runtimes().values()},
+        finetune_samples=o("--finetune-samples"), finetune_minutes=o("--finetune-minutes"),
+        eval_split=o("--eval-split"), cache_max_gb=o("--cache-max-gb"), shard=o("--shard"))

@@ -427,6 +427,27 @@ def emulation(results: dict) -> str | None:
     return (results.get("machine_info") or {}).get("emulated")
 
 
+def shard_of(variant: str, runtime: str, count: int) -> int:
+    """Which of ``count`` shards (1-based) measures (variant, runtime): a pure function of the
+    names, so every machine, the gate and the merge agree without seeing the whole matrix. The
+    in-run reference is measured by every shard (each needs it for its ratios and budgets)."""
+    import hashlib
+
+    if (variant, runtime) == REFERENCE:
+        return 0
+    digest = hashlib.sha256(f"{variant}|{runtime}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % count + 1
+
+
+def in_shard(item_id_or_pair, shard: list[int] | tuple[int, int] | None) -> bool:
+    """Whether an item belongs to ``shard`` = (k, n); every item belongs to an unsharded run."""
+    if not shard:
+        return True
+    variant, runtime = item_id_or_pair
+    owner = shard_of(variant, runtime, shard[1])
+    return owner == 0 or owner == shard[0]
+
+
 def cv_warn(results: dict) -> float:
     """The noisy-series threshold the run's gate used (``DEFAULT_CV_WARN`` for older files)."""
     value = (results.get("gate") or {}).get("cv_warn")

@@ -7,7 +7,9 @@ comparing in gate.py, rendering in bench/report/: each reads only the results do
 from __future__ import annotations
 
 import os
+import re
 import subprocess
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,16 +17,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from compress.build import Artifact, build_variant, library_versions
+from compress.build import Artifact, build_variant, library_versions, peak_rss_bytes
 from compress.context import open_context
 from compress.errors import UserError
+from compress.evaluate import batch_size_for
 from compress.registry import Recipe, get_recipe, list_variants
 
 from . import TORCH_PRELOADED, __version__, measure
 from .config import GateConfig, load_gate_config
 from .devices import Device, fingerprint, machine_info
 from .options import BenchOptions
-from .results import REFERENCE, SCHEMA_VERSION
+from .results import REFERENCE, SCHEMA_VERSION, in_shard
 from .runtimes import Handle, LoadRequest, get_runtime, runtimes
 
 EVAL_BATCH = 256
@@ -102,6 +105,7 @@ class BenchSession:
         # The in-run reference is always measured: every ratio and accuracy budget needs it.
         if REFERENCE not in pairs:
             pairs.insert(0, REFERENCE)
+        pairs = [p for p in pairs if in_shard(p, self.opts.shard)]
         return [PlannedCase(Case(v, r, self.device.kind), self.skip_reason(get_recipe(v), r)) for v, r in pairs]
 
     def skip_reason(self, recipe: Recipe, runtime: str) -> str | None:
@@ -122,7 +126,9 @@ class BenchSession:
         self.ctx = open_context(o.dataset, o.data_root, o.checkpoint, o.card, o.cache_dir, o.artifact_dir,
                                 o.eval_samples, o.calib_samples, o.finetune_epochs, o.download,
                                 train_device="cuda" if self.device.kind == "cuda" else "cpu",
-                                log=lambda s: print(s, flush=True))
+                                log=lambda s: print(s, flush=True), finetune_samples=o.finetune_samples,
+                                finetune_minutes=o.finetune_minutes, eval_split=o.eval_split,
+                                cache_max_gb=o.cache_max_gb)
         self.eval = self.ctx.dataset.eval_split(o.eval_samples)
 
     def artifact(self, variant: str) -> Artifact:
@@ -168,10 +174,16 @@ class BenchSession:
         if case.id not in self._logits:
             h = self.handle(case)
             out = []
-            for i in range(0, len(self.eval), EVAL_BATCH):
-                x = self.ctx.card.normalize(self.eval.images[i:i + EVAL_BATCH])
+            t0 = time.perf_counter()
+            batch = batch_size_for(self.ctx.card.input_size, EVAL_BATCH)
+            for i in range(0, len(self.eval), batch):
+                x = self.ctx.card.normalize(self.eval.images[i:i + batch])
                 out.append(h.logits(x))
+            seconds = time.perf_counter() - t0
             self._logits[case.id] = np.concatenate(out)
+            # Images per second through the whole evaluation pass: reading (or decoding), normalizing
+            # and the batched forward; shown so a slow data path is visible next to the model's cost.
+            self.item(case)["eval_img_s"] = round(len(self.eval) / seconds, 1) if seconds > 0 else None
         return self._logits[case.id]
 
     def measure_size(self, case: Case) -> dict:
@@ -274,7 +286,10 @@ class BenchSession:
                         # Thread-pool behaviour that latencies depend on (bench/__init__.py).
                         "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
                         "torch_imported_before_bench": TORCH_PRELOADED,
-                        "latency_block": measure.LatencySpec.block},
+                        "latency_block": measure.LatencySpec.block,
+                        "finetune_samples": self.opts.finetune_samples,
+                        "finetune_minutes": self.opts.finetune_minutes, "cache_max_gb": self.opts.cache_max_gb,
+                        "shard": list(self.opts.shard) if self.opts.shard else None},
         }
         if self.ctx is not None:
             self._header = header
@@ -289,11 +304,14 @@ class BenchSession:
     def dataset_label(self) -> str:
         """Names the report files: digits, cifar10, or imagefolder-<root folder name>."""
         if self.opts.dataset == "imagefolder" and self.opts.data_root is not None:
-            return f"imagefolder-{Path(self.opts.data_root).resolve().name}"
+            # A label for people and file names: any character a file name could trip on becomes "-".
+            name = re.sub(r"[^A-Za-z0-9._+-]+", "-", Path(self.opts.data_root).resolve().name).strip("-.")
+            return f"imagefolder-{name or 'data'}"
         return self.opts.dataset
 
     def results(self) -> dict:
-        return {**self.header(), "items": list(self.items.values()), "skipped": list(self.skipped)}
+        return {**self.header(), "resources": resources(), "items": list(self.items.values()),
+                "skipped": list(self.skipped)}
 
     # ------------------------------------------------------------ gate and output
     def baseline_lookup(self, results: dict) -> tuple[dict | None, dict | None, str | None]:
@@ -311,7 +329,7 @@ class BenchSession:
         if o.dataset != "digits":
             parts.append(f"--dataset {o.dataset}")
         for flag, val in (("--data-root", o.data_root), ("--checkpoint", o.checkpoint), ("--card", o.card),
-                          ("--eval-samples", o.eval_samples)):
+                          ("--eval-samples", o.eval_samples), ("--eval-split", o.eval_split)):
             if val is not None:
                 parts.append(f"{flag} {val}")
         if o.threads != (os.cpu_count() or 1):
@@ -331,7 +349,7 @@ class BenchSession:
         if self.opts.gate:
             results["gate"] = run_gate(results, store, self.gate_config)
         results = validate_results(results, "this run's results")
-        unique, stable = result_paths(self.opts.report_dir, self.dataset_label(), self.device.kind)
+        unique, stable = result_paths(self.opts.report_dir, self.dataset_label(), self.device.kind, self.opts.shard)
         atomic_write_json(unique, results)
         atomic_write_json(stable, results)
         lines = [f"results: {stable} (this run: {unique})"]
@@ -357,6 +375,11 @@ class BenchSession:
         return results
 
 
+def resources() -> dict:
+    """What the run has cost so far: its peak resident memory (children excluded)."""
+    return {"peak_rss_bytes": peak_rss_bytes()}
+
+
 def _commit_info(root: Path) -> dict:
     def git(*args):
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
@@ -367,11 +390,14 @@ def _commit_info(root: Path) -> dict:
         return {"id": None, "dirty": None}
 
 
-def result_paths(report_dir: Path, dataset: str, device: str) -> tuple[Path, Path]:
-    """(unique per-run file, stable name): two runs at once never write the same file."""
+def result_paths(report_dir: Path, dataset: str, device: str,
+                 shard: tuple[int, int] | None = None) -> tuple[Path, Path]:
+    """(unique per-run file, stable name): two runs at once never write the same file; each
+    shard of a sharded run has its own."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    unique = report_dir / "results" / f"{dataset}-{device}-{stamp}-{os.getpid()}.json"
-    return unique, report_dir / f"{dataset}-{device}.json"
+    name = f"{dataset}-{device}" + (f"-shard{shard[0]}of{shard[1]}" if shard else "")
+    unique = report_dir / "results" / f"{name}-{stamp}-{os.getpid()}.json"
+    return unique, report_dir / f"{name}.json"
 
 
 __all__ = ["BenchSession", "Case", "PlannedCase", "result_paths"]

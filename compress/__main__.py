@@ -5,12 +5,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from .argtypes import nonneg_float, positive_int
+from .argtypes import nonneg_float, positive_float, positive_int
 from .errors import UserError
 
 
 def add_source_options(p: argparse.ArgumentParser) -> None:
-    from .data import DATASETS
+    from .data import DATASETS, DEFAULT_CACHE_MAX_GB
 
     p.add_argument("--dataset", default="digits", choices=DATASETS,
                    help="digits (embedded, offline), imagefolder (train/ and test/ class folders), cifar10")
@@ -21,6 +21,11 @@ def add_source_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--artifact-dir", type=Path, help="where variants are built (default: <cache-dir>/artifacts)")
     p.add_argument("--eval-samples", type=positive_int, help="fixed stratified subset of test (default: all)")
     p.add_argument("--download", action="store_true", help="cifar10: download if missing (needs network)")
+    p.add_argument("--eval-split", default=None,
+                   help="imagefolder: the evaluation folder (default: test/, else val/ as in ImageNet's layout)")
+    p.add_argument("--cache-max-gb", type=nonneg_float, default=DEFAULT_CACHE_MAX_GB,
+                   help="imagefolder: decoded images kept in the cache per run; larger subsets are streamed "
+                        f"from the files (default {DEFAULT_CACHE_MAX_GB:g}; 0 streams everything)")
 
 
 def cmd_list(args) -> int:
@@ -40,7 +45,9 @@ def cmd_build(args) -> int:
     names = list_variants(args.variant.split(","))
     ctx = open_context(args.dataset, args.data_root, args.checkpoint, args.card, args.cache_dir, args.artifact_dir,
                        args.eval_samples, args.calib_samples, args.finetune_epochs, args.download, args.train_device,
-                       log=lambda s: print(s, file=sys.stderr, flush=True))
+                       log=lambda s: print(s, file=sys.stderr, flush=True), finetune_samples=args.finetune_samples,
+                       finetune_minutes=args.finetune_minutes, eval_split=args.eval_split,
+                       cache_max_gb=args.cache_max_gb)
     arts, models = [], {}
     for n in names:
         arts.append(build_variant(n, ctx, force=args.force, _models=models))
@@ -62,7 +69,7 @@ def summary_table(arts, ctx) -> str:
                      f"{acc['correct']}/{acc['n']}", f"{m['build_seconds']:.2f}", str(a.dir)])
     head = ["variant", "size MB", "gzip MB", "params", "non-zero params", "MMACs", "top-1", "correct",
             "build s", "artifact"]
-    note = (f"dataset {ctx.dataset.id} (eval: test, {rows and arts[0].manifest['accuracy'][acc_key]['n']} images), "
+    note = (f"dataset {ctx.dataset.id} (eval: {rows and arts[0].manifest['accuracy'][acc_key]['n']} images), "
             f"checkpoint sha256 {ctx.checkpoint_sha256[:12]}, input {ctx.card.input_size[0]}x{ctx.card.input_size[1]}; "
             f"size = serialized weights file, MB = 10^6 bytes, MACs per image")
     return tabulate(rows, head, disable_numparse=True) + "\n" + note
@@ -80,7 +87,8 @@ def cmd_train(args) -> int:
     from .train import TrainConfig, train
 
     card = load_card(args.card)
-    ds = load_dataset(args.dataset, card.input_size, args.data_root, args.cache_dir, args.download)
+    ds = load_dataset(args.dataset, card.input_size, args.data_root, args.cache_dir, args.download, card.transform,
+                      eval_split=args.eval_split, cache_max_gb=args.cache_max_gb)
     check_classes(card, ds)
     torch.manual_seed(args.seed)  # initialization too, not only the training loop
     model = load_model(args.checkpoint, card) if args.checkpoint else build_model(card)
@@ -106,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", default="*", help="comma list of names or glob patterns (default: all)")
     p.add_argument("--calib-samples", type=positive_int, default=512, help="train images for int8 calibration")
     p.add_argument("--finetune-epochs", type=nonneg_float, help="override the fine-tune length of pruned variants")
+    p.add_argument("--finetune-samples", type=positive_int,
+                   help="fine-tune on a fixed stratified subset of this many train images (default: all)")
+    p.add_argument("--finetune-minutes", type=positive_float,
+                   help="stop each fine-tune after this many minutes (recorded; not reproducible across machines)")
     p.add_argument("--train-device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--force", action="store_true", help="rebuild even when nothing changed")
     p.set_defaults(func=cmd_build)

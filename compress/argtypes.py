@@ -27,3 +27,10 @@ def nonneg_float(s: str) -> float:
     if not (v >= 0 and v < float("inf")):
         fail(f"expected a finite number >= 0, got {s}")
     return v
+
+
+def positive_float(s: str) -> float:
+    v = nonneg_float(s)
+    if v <= 0:
+        fail(f"expected a number > 0, got {s}")
+    return v

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UserError
+from .transforms import EvalTransform, transform_from_json
 
 SUPPORTED_ARCHITECTURES = ("torchvision.models.resnet18",)
 
@@ -28,6 +29,7 @@ class ModelCard:
     classes: tuple[str, ...]
     metrics: dict = field(default_factory=dict, compare=False)
     source: str = field(default="", compare=False)
+    transform: EvalTransform | None = None  # None: images resized straight to input_size
 
     def normalize(self, images_u8: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         """uint8 NCHW RGB -> float NCHW at ``size`` (default: the card's input size)."""
@@ -43,6 +45,12 @@ class ModelCard:
     def to_json(self) -> dict:
         d = asdict(self)
         d.pop("source")
+        # Only a card that declares a transform carries the key: cards without one keep their
+        # JSON, and with it every build key and dataset id recorded for them.
+        if self.transform is None:
+            d.pop("transform")
+        else:
+            d["transform"] = self.transform.to_json()
         d["card_version"] = 1
         d["architecture_kwargs"] = {"num_classes": d.pop("num_classes")}
         d["input_size"] = list(self.input_size)
@@ -92,7 +100,9 @@ def card_from_dict(d: dict, source: str = "<dict>") -> ModelCard:
     if any(s <= 0 for s in stats[1]):
         raise _fail(source, "'std' values must be positive")
     metrics = d.get("metrics") if isinstance(d.get("metrics"), dict) else {}
-    return ModelCard(arch, num_classes, (size[0], size[1]), stats[0], stats[1], tuple(classes), metrics, source)
+    transform = transform_from_json(d["transform"], (size[0], size[1]), source) if "transform" in d else None
+    return ModelCard(arch, num_classes, (size[0], size[1]), stats[0], stats[1], tuple(classes), metrics, source,
+                     transform)
 
 
 def load_card(path: str | Path) -> ModelCard:

@@ -6,19 +6,31 @@ no network and no data files runs end to end.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
+from . import trust
 from .build import BuildContext
 from .cards import ModelCard, card_from_dict, card_path_for, load_card
-from .data import Dataset, default_cache_dir, load_dataset, load_digits
+from .data import (
+    DEFAULT_CACHE_MAX_GB,
+    Dataset,
+    checked_cache_dir,
+    default_cache_dir,
+    load_dataset,
+    load_digits,
+    refuse_cache_inside,
+)
 from .errors import UserError
 from .fsutil import atomic_write_bytes, atomic_write_json, sha256_file
 from .models import build_model, load_model
 from .train import TrainConfig, train
+from .trust import check_cache_dir
 
 EMBEDDED_VERSION = 2
+EMBEDDED_PURPOSE = "embedded-model"  # what the MAC in the embedded model's card is for
 EMBEDDED_INPUT = (32, 32)
 EMBEDDED_TRAIN = TrainConfig(epochs=12, batch_size=64, lr=0.05, seed=0, augment=False)
 
@@ -28,11 +40,11 @@ def embedded_checkpoint(cache_dir: Path | None = None, log=print) -> Path:
     from filelock import FileLock
     from safetensors.torch import save
 
-    root = (cache_dir or default_cache_dir()) / "models"
+    root = checked_cache_dir(cache_dir) / "models"
     ckpt = root / f"resnet18-digits-v{EMBEDDED_VERSION}.safetensors"
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(ckpt) + ".lock"):
-        if ckpt.is_file() and card_path_for(ckpt).is_file():
+        if _embedded_is_ours(ckpt):
             return ckpt
         ds = load_digits(EMBEDDED_INPUT)
         x = ds.train.images.float() / 255.0
@@ -57,8 +69,27 @@ def embedded_checkpoint(cache_dir: Path | None = None, log=print) -> Path:
             "trained_on": f"{ds.id} train split ({len(ds.train)} images)",
             "training": summary, "metrics": {"top1_digits_test": round(acc, 4), "measured_with": "compress.train"}}
         atomic_write_bytes(ckpt, save({k: v.contiguous() for k, v in model.state_dict().items()}))
-        atomic_write_json(card_path_for(ckpt), card_json | {"sha256": sha256_file(ckpt)})
+        sha = sha256_file(ckpt)
+        atomic_write_json(card_path_for(ckpt), card_json | {
+            "sha256": sha, "mac": trust.sign_json({"file": ckpt.name, "sha256": sha}, EMBEDDED_PURPOSE)})
     return ckpt
+
+
+def _embedded_is_ours(ckpt: Path) -> bool:
+    """The cached embedded model is used only when its card's MAC (made with the user's key,
+    compress/trust.py) vouches for the file's sha256: a swapped model would change every number
+    and, through the checkpoint hash, which baselines apply. Otherwise it is trained again."""
+    if not ckpt.is_file() or not card_path_for(ckpt).is_file():
+        return False
+    try:
+        card = json.loads(card_path_for(ckpt).read_text())
+        ok = trust.verify_json({"file": ckpt.name, "sha256": card.get("sha256")}, card.get("mac"),
+                               EMBEDDED_PURPOSE) and sha256_file(ckpt) == card["sha256"]
+    except (OSError, ValueError, AttributeError, KeyError):
+        ok = False
+    if not ok:
+        trust.warn(f"{ckpt} is not signed with your cache key or does not match its card: training it again")
+    return ok
 
 
 def check_classes(card: ModelCard, ds: Dataset) -> None:
@@ -75,25 +106,40 @@ def check_classes(card: ModelCard, ds: Dataset) -> None:
 def open_context(dataset: str = "digits", data_root: str | Path | None = None, checkpoint: str | Path | None = None,
                  card: str | Path | None = None, cache_dir: Path | None = None, artifact_dir: Path | None = None,
                  eval_samples: int | None = None, calib_samples: int = 512, finetune_epochs: float | None = None,
-                 download: bool = False, train_device: str = "cpu", log=print) -> BuildContext:
+                 download: bool = False, train_device: str = "cpu", log=print, *, finetune_samples: int | None = None,
+                 finetune_minutes: float | None = None, eval_split: str | None = None,
+                 cache_max_gb: float = DEFAULT_CACHE_MAX_GB) -> BuildContext:
+    # Inputs are checked before anything is created: a wrong path leaves no cache behind.
+    if checkpoint is None and dataset != "digits":
+        raise UserError(f"--dataset {dataset} needs --checkpoint PATH (the embedded model is for digits only)")
+    if checkpoint is not None:
+        resolve_card(Path(checkpoint), card)  # the checkpoint and its card exist and parse
+    if data_root is not None:
+        refuse_cache_inside(cache_dir or default_cache_dir(), data_root)
+    cache_root = checked_cache_dir(cache_dir)  # a shared or foreign cache is refused before any work
+    if artifact_dir is not None:
+        check_cache_dir(artifact_dir)
     if checkpoint is None:
-        if dataset != "digits":
-            raise UserError(f"--dataset {dataset} needs --checkpoint PATH (the embedded model is for digits only)")
-        checkpoint, label = embedded_checkpoint(cache_dir, log), "embedded digits model"
+        checkpoint, label = embedded_checkpoint(cache_root, log), "embedded digits model"
     else:
         label = str(checkpoint)
     checkpoint = Path(checkpoint)
     model_card = resolve_card(checkpoint, card)
     model = load_model(checkpoint, model_card)
-    ds = load_dataset(dataset, model_card.input_size, data_root, cache_dir, download)
+    ds = load_dataset(dataset, model_card.input_size, data_root, cache_root, download, model_card.transform,
+                      eval_split=eval_split, cache_max_gb=cache_max_gb)
     check_classes(model_card, ds)
+    # Validate early: a bad value fails before any build starts.
     if eval_samples is not None:
-        ds.eval_split(eval_samples)  # validate early: a bad value fails before any build starts
+        ds.eval_split(eval_samples)
+    if finetune_samples is not None and not 1 <= finetune_samples <= len(ds.train):
+        raise UserError(f"--finetune-samples {finetune_samples} is out of range: the train split has "
+                        f"{len(ds.train)} images; pass a number from 1 to {len(ds.train)}")
     return BuildContext(
         card=model_card, base_model=model, checkpoint_sha256=sha256_file(checkpoint), checkpoint_label=label,
-        dataset=ds, artifact_root=artifact_dir or (cache_dir or default_cache_dir()) / "artifacts",
+        dataset=ds, artifact_root=artifact_dir or cache_root / "artifacts",
         eval_samples=eval_samples, calib_samples=calib_samples, finetune_epochs=finetune_epochs,
-        train_device=train_device, log=log)
+        finetune_samples=finetune_samples, finetune_minutes=finetune_minutes, train_device=train_device, log=log)
 
 
 def resolve_card(checkpoint: Path, card: str | Path | None = None) -> ModelCard:

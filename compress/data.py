@@ -1,14 +1,17 @@
-"""Data sources with deterministic splits and a decoded-tensor cache outside the data root.
+"""Data sources with deterministic splits; nothing is ever written inside a data root.
 
 Every source yields uint8 RGB images (N, 3, H, W) already at the model card's input size, and
-int64 labels. Calibration and fine-tuning data come from ``train``; evaluation from ``test``.
+int64 labels. Calibration and fine-tuning data come from ``train``; evaluation from ``test``
+(``val`` in ImageNet's layout). The small built-in sources are tensors in memory; an image folder
+is read lazily (compress/images.py), so memory does not grow with the folder's size, and the
+subsets a run reads repeatedly are decoded once into the cache within ``--cache-max-gb``.
 """
 from __future__ import annotations
 
 import hashlib
-import io
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +19,21 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UserError
-from .fsutil import atomic_write_bytes
+from .fsutil import atomic_write_json
+from .images import CacheBudget, FolderImages, content_digest
+from .transforms import EvalTransform
 
 DATASETS = ("digits", "imagefolder", "cifar10")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
 # Bump when decoding or resizing changes, so stale caches are not reused.
 CACHE_FORMAT = 3
+EVAL_SPLITS = ("test", "val")  # the first that exists is the evaluation split, unless one is named
+DEFAULT_CACHE_MAX_GB = 1.0  # decoded images kept per run; they count in its resident memory
 
 
 @dataclass(frozen=True)
 class Split:
-    images: torch.Tensor  # uint8 (N, 3, H, W)
+    images: torch.Tensor | FolderImages  # uint8 (N, 3, H, W), in memory or decoded when read
     labels: torch.Tensor  # int64 (N,)
 
     def __len__(self) -> int:
@@ -34,7 +41,20 @@ class Split:
 
     def take(self, idx: np.ndarray) -> Split:
         t = torch.as_tensor(idx, dtype=torch.long)
-        return Split(self.images[t], self.labels[t])
+        images = self.images.take(idx) if isinstance(self.images, FolderImages) else self.images[t]
+        return Split(images, self.labels[t])
+
+    def cached_in(self, budget: CacheBudget | None) -> Split:
+        if budget is None or not isinstance(self.images, FolderImages):
+            return self
+        return Split(self.images.cached_in(budget), self.labels)
+
+    def digest(self, batch: int = 256) -> str:
+        """sha256 of the decoded uint8 images, in order (read batch by batch)."""
+        h = hashlib.sha256()
+        for i in range(0, len(self), batch):
+            h.update(self.images[i:i + batch].numpy().tobytes())
+        return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -45,20 +65,36 @@ class Dataset:
     train: Split
     test: Split
     source: str
+    budget: CacheBudget | None = field(default=None, compare=False)  # decoded-image cache (image folders)
+    _subsets: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def _subset(self, what: str, split: Split, seed: int, n: int | None) -> Split:
+        """A fixed stratified subset (all of ``split`` for None), decoded into the cache once if it fits."""
+        key = (what, n)
+        if key not in self._subsets:
+            chosen = split if n is None or n == len(split) else split.take(stratified_order(split.labels, seed)[:n])
+            self._subsets[key] = chosen.cached_in(self.budget)
+        return self._subsets[key]
 
     def eval_split(self, n: int | None = None) -> Split:
         """All of test, or a fixed stratified subset of ``n`` images."""
-        if n is None:
-            return self.test
-        if not 1 <= n <= len(self.test):
+        if n is not None and not 1 <= n <= len(self.test):
             raise UserError(f"--eval-samples {n} is out of range: the {self.name} test split has "
                             f"{len(self.test)} images; pass a number from 1 to {len(self.test)}")
-        return self.test.take(stratified_order(self.test.labels, seed=0)[:n])
+        return self._subset("eval", self.test, 0, n)
 
     def calibration_split(self, n: int) -> Split:
         if not 1 <= n <= len(self.train):
             raise UserError(f"calibration needs 1 to {len(self.train)} train images, got {n}")
-        return self.train.take(stratified_order(self.train.labels, seed=1)[:n])
+        return self._subset("calibration", self.train, 1, n)
+
+    def finetune_split(self, n: int | None = None) -> Split:
+        """What fine-tuning and BN recalibration read: all of train, or a fixed stratified subset
+        of ``n`` images (``--finetune-samples``; a budget for large folders)."""
+        if n is not None and not 1 <= n <= len(self.train):
+            raise UserError(f"--finetune-samples {n} is out of range: the {self.name} train split has "
+                            f"{len(self.train)} images; pass a number from 1 to {len(self.train)}")
+        return self._subset("finetune", self.train, 2, n)
 
 
 def stratified_order(labels: torch.Tensor, seed: int) -> np.ndarray:
@@ -80,6 +116,22 @@ def default_cache_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("resnet18-bench"))
+
+
+def refuse_cache_inside(cache_dir: Path, data_root: str | Path) -> None:
+    """Data roots are read-only: a cache inside one is refused before anything is created."""
+    root, cache = Path(data_root).resolve(), Path(cache_dir).resolve()
+    if cache == root or root in cache.parents:
+        raise UserError(f"cache directory {cache_dir} is inside the data root {root}: data roots are read-only; "
+                        f"pass --cache-dir elsewhere")
+
+
+def checked_cache_dir(cache_dir: Path | None = None) -> Path:
+    """``cache_dir`` (default: default_cache_dir()), created 0700 if missing; UserError (one line) if it is
+    owned by someone else or writable by group or others (compress/trust.py)."""
+    from .trust import check_cache_dir
+
+    return check_cache_dir(cache_dir or default_cache_dir())
 
 
 def _resize_u8(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -123,71 +175,105 @@ def _scan_split(root: Path, split: str) -> tuple[list[str], list[tuple[Path, int
     return classes, files
 
 
-def _decode(files: list[tuple[Path, int]], size: tuple[int, int], root: Path,
-            content: hashlib._Hash) -> Split:
-    """Decode every file, feeding its relative path, class and bytes into ``content``."""
-    from PIL import Image, UnidentifiedImageError
-
-    images = torch.empty((len(files), 3, *size), dtype=torch.uint8)
-    for i, (path, c) in enumerate(files):
-        try:
-            raw = path.read_bytes()
-            content.update(f"{path.relative_to(root).as_posix()}|{c}|{len(raw)}\n".encode())
-            content.update(raw)
-            with Image.open(io.BytesIO(raw)) as im:
-                im = im.convert("RGB")
-                if im.size != (size[1], size[0]):
-                    im = im.resize((size[1], size[0]), Image.BILINEAR)
-                arr = np.asarray(im, dtype=np.uint8)
-        except (OSError, UnidentifiedImageError, ValueError) as e:
-            # Fail rather than skip: a silently smaller test set changes every accuracy.
-            raise UserError(f"cannot decode image {path} ({type(e).__name__}: {e}); remove or replace the file") from None
-        images[i] = torch.from_numpy(arr.copy()).permute(2, 0, 1)
-    labels = torch.tensor([c for _, c in files], dtype=torch.int64)
-    return Split(images, labels)
+def resolve_eval_split(root: Path, eval_split: str | None) -> str:
+    """The named evaluation split, or the first of test/ and val/ that exists."""
+    if eval_split is not None:
+        return eval_split
+    for name in EVAL_SPLITS:
+        if (root / name).is_dir():
+            return name
+    raise UserError(f"data root {root} has neither 'test/' nor 'val/': expected {root}/test/<class>/<image> "
+                    f"(or val/, or name the folder with --eval-split)")
 
 
-def _listing_digest(files: list[tuple[Path, int]], root: Path) -> str:
-    h = hashlib.sha256()
-    for p, c in files:
+def _stats(files: list[tuple[Path, int]]) -> list[tuple[int, int]]:
+    out = []
+    for p, _ in files:
         st = p.stat()
-        h.update(f"{p.relative_to(root)}|{c}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        out.append((st.st_size, st.st_mtime_ns))
+    return out
+
+
+def _listing_digest(files: list[tuple[Path, int]], stats: list[tuple[int, int]], root: Path) -> str:
+    h = hashlib.sha256()
+    for (p, c), (size, mtime) in zip(files, stats):
+        h.update(f"{p.relative_to(root)}|{c}|{size}|{mtime}\n".encode())
     return h.hexdigest()
 
 
-def load_imagefolder(root: str | Path, input_size: tuple[int, int], cache_dir: Path | None = None) -> Dataset:
-    """An ImageFolder tree with train/ and test/.
+def load_imagefolder(root: str | Path, input_size: tuple[int, int], cache_dir: Path | None = None,
+                     transform: EvalTransform | None = None, train_split: str = "train",
+                     eval_split: str | None = None, cache_max_gb: float = DEFAULT_CACHE_MAX_GB) -> Dataset:
+    """An ImageFolder tree with a train split and an evaluation split (test/ or val/).
 
     Two digests, for two jobs. The dataset id names the *content* (relative paths, classes and
-    file bytes, and the input size they are decoded to), so a copy of the same tree elsewhere (a CI checkout, another machine) has the
-    same id and finds the same baselines. The cache key names the *location and state* (absolute
-    path, sizes, mtimes): cheap to compute on every run and changed by any edit, so a stale
-    cache is never used; the content digest is stored in the cache beside the tensors.
+    file bytes, the input size and the card's transform) and nothing else, so a copy of the same
+    tree elsewhere (a CI checkout, another machine, another folder name) has the same id and
+    finds the same baselines. The cache key
+    names the *location and state* (absolute path, sizes, mtimes): cheap to compute on every run
+    and changed by any edit; the content digest is computed once per state (reading each file
+    once, never decoding) and kept in the cache.
     """
     root = Path(root).resolve()
     if not root.is_dir():
-        raise UserError(f"data root {root} does not exist: pass --data-root with train/<class>/ and test/<class>/ folders")
-    classes, train_files = _scan_split(root, "train")
-    test_classes, test_files = _scan_split(root, "test")
+        raise UserError(f"data root {root} does not exist: pass --data-root with {train_split}/<class>/ and "
+                        f"test/<class>/ (or val/<class>/) folders")
+    classes, train_files = _scan_split(root, train_split)
+    eval_name = resolve_eval_split(root, eval_split)
+    test_classes, test_files = _scan_split(root, eval_name)
     if test_classes != classes:
         missing = sorted(set(classes) - set(test_classes)) or sorted(set(test_classes) - set(classes))
-        raise UserError(f"train/ and test/ under {root} have different class folders (differ in: {', '.join(missing)}); "
-                        f"every class needs a folder in both")
+        raise UserError(f"{train_split}/ and {eval_name}/ under {root} have different class folders (differ in: "
+                        f"{', '.join(missing)}); every class needs a folder in both")
+    train_stats, test_stats = _stats(train_files), _stats(test_files)
+    seed = f"{input_size}|classes|{'|'.join(classes)}\n"
+    if transform is not None:
+        seed = f"{json.dumps(transform.to_json(), sort_keys=True)}|{seed}"
     cache_key = hashlib.sha256(
-        f"{CACHE_FORMAT}|{input_size}|{root}|{_listing_digest(train_files, root)}|{_listing_digest(test_files, root)}".encode()
-    ).hexdigest()
-    cache_name = f"imagefolder-{root.name}-{input_size[0]}px-{cache_key[:16]}"
-    cached = _cache_get(cache_dir, cache_name)
-    if cached is None:
-        content = hashlib.sha256(f"{input_size}|classes|{'|'.join(classes)}\n".encode())
-        train = _decode(train_files, input_size, root, content)
-        test = _decode(test_files, input_size, root, content)
-        content_sha = content.hexdigest()
-        _cache_put(cache_dir, cache_name, train, test, root, content_sha)
-    else:
-        train, test, content_sha = cached
-    ds_id = f"imagefolder-{root.name}-{input_size[0]}px-{content_sha[:8]}"
-    return Dataset("imagefolder", ds_id, tuple(classes), train, test, str(root))
+        f"{CACHE_FORMAT}|{seed}|{root}|{_listing_digest(train_files, train_stats, root)}|"
+        f"{_listing_digest(test_files, test_stats, root)}".encode()).hexdigest()
+    refuse_cache_inside(cache_dir or default_cache_dir(), root)
+    cache_root = checked_cache_dir(cache_dir)
+    content_sha = _content_sha(cache_root / "datasets" / f"imagefolder-{cache_key[:32]}.content.json", seed,
+                               train_files + test_files, root)
+    budget = CacheBudget(int(cache_max_gb * 1e9), cache_root if cache_max_gb > 0 else None)
+
+    def split(files, stats) -> Split:
+        images = FolderImages.from_paths([p for p, _ in files], input_size, transform, stats)
+        return Split(images, torch.tensor([c for _, c in files], dtype=torch.int64))
+
+    # The id names the content only: a copy under another folder name, path or machine finds the
+    # same baselines, and an odd folder name (spaces, accents) never reaches a file name.
+    ds_id = f"imagefolder-{input_size[0]}px-{content_sha[:8]}"
+    return Dataset("imagefolder", ds_id, tuple(classes), split(train_files, train_stats),
+                   split(test_files, test_stats), str(root), budget)
+
+
+_CONTENT_PURPOSE = "dataset-content"  # what a content record's HMAC is bound to (compress/trust.py)
+
+
+def _content_sha(record: Path, seed: str, files: list[tuple[Path, int]], root: Path) -> str:
+    """The content digest kept in ``record``, if its HMAC verifies with this user's key (the digest
+    names the dataset id, so it chooses the baselines: whoever can write the cache must not);
+    otherwise computed again from the files and rewritten, signed."""
+    from .trust import sign_json, verify_json, warn
+
+    try:
+        doc = json.loads(record.read_text())
+        sha = doc["content_sha256"]
+        if isinstance(sha, str) and len(sha) == 64:
+            if verify_json({"record": record.name, "content_sha256": sha}, doc.get("mac"), _CONTENT_PURPOSE):
+                return sha
+            warn(f"{record} is not signed with your cache key: reading the images again instead of trusting it")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    sha = content_digest(seed, files, root)
+    try:
+        atomic_write_json(record, {"content_sha256": sha, "mac": sign_json(
+            {"record": record.name, "content_sha256": sha}, _CONTENT_PURPOSE)})
+    except OSError:
+        pass  # an unwritable cache only costs time
+    return sha
 
 
 # ---------------------------------------------------------------- torchvision CIFAR-10
@@ -213,47 +299,12 @@ def load_cifar10(root: str | Path, input_size: tuple[int, int], download: bool =
     return Dataset("cifar10", f"cifar10-{input_size[0]}px-{digest[:8]}", tuple(tr.classes), train, test, str(root))
 
 
-# ---------------------------------------------------------------- cache
-def _cache_file(cache_dir: Path | None, name: str) -> Path:
-    return (cache_dir or default_cache_dir()) / "datasets" / f"{name}.safetensors"
-
-
-def _cache_get(cache_dir: Path | None, name: str) -> tuple[Split, Split, str] | None:
-    from safetensors import SafetensorError, safe_open
-
-    path = _cache_file(cache_dir, name)
-    if not path.is_file():
-        return None
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            content_sha = (f.metadata() or {}).get("content_sha256", "")
-            t = {k: f.get_tensor(k) for k in ("train_images", "train_labels", "test_images", "test_labels")}
-        if len(content_sha) != 64:
-            return None
-        return Split(t["train_images"], t["train_labels"]), Split(t["test_images"], t["test_labels"]), content_sha
-    except (SafetensorError, KeyError, OSError, ValueError):
-        return None  # a damaged cache is rebuilt, never trusted
-
-
-def _cache_put(cache_dir: Path | None, name: str, train: Split, test: Split, root: Path,
-               content_sha: str) -> None:
-    from safetensors.torch import save
-
-    path = _cache_file(cache_dir, name)
-    if root in path.resolve().parents:
-        raise UserError(f"cache directory {path.parent} is inside the data root {root}: data roots are read-only; "
-                        f"pass --cache-dir elsewhere")
-    blob = save({"train_images": train.images, "train_labels": train.labels,
-                 "test_images": test.images, "test_labels": test.labels},
-                metadata={"content_sha256": content_sha})
-    try:
-        atomic_write_bytes(path, blob)  # atomic: a concurrent run reads the old file or the new, never half
-    except OSError:
-        pass  # an unwritable cache only costs time
-
-
 def load_dataset(name: str, input_size: tuple[int, int], data_root: str | Path | None = None,
-                 cache_dir: Path | None = None, download: bool = False) -> Dataset:
+                 cache_dir: Path | None = None, download: bool = False, transform: EvalTransform | None = None,
+                 eval_split: str | None = None, cache_max_gb: float = DEFAULT_CACHE_MAX_GB) -> Dataset:
+    if transform is not None and name != "imagefolder":
+        raise UserError(f"the model card's transform applies to image folders (--dataset imagefolder), not to "
+                        f"{name}: remove it from the card or convert the data to an image folder")
     if name == "digits":
         return load_digits(input_size)
     if name not in DATASETS:
@@ -261,7 +312,8 @@ def load_dataset(name: str, input_size: tuple[int, int], data_root: str | Path |
     if data_root is None:
         raise UserError(f"--dataset {name} needs --data-root PATH")
     if name == "imagefolder":
-        return load_imagefolder(data_root, input_size, cache_dir)
+        return load_imagefolder(data_root, input_size, cache_dir, transform, eval_split=eval_split,
+                                cache_max_gb=cache_max_gb)
     return load_cifar10(data_root, input_size, download)
 
 

@@ -43,17 +43,20 @@ def channel_prune(model, ctx, recipe):
     pruned = copy.deepcopy(model)
     history = prune.channel_prune(pruned, p["ratio"], ctx.card.input_size, round_to=p["round_to"],
                                   stage_ratios=p.get("stage_ratios"))
-    recalibrate_bn(pruned, ctx.dataset.train, ctx.card)
+    data = ctx.dataset.finetune_split(ctx.finetune_samples)
+    recalibrate_bn(pruned, data, ctx.card)
     # An explicit --finetune-epochs is taken literally (also below the recipe's minimum steps).
     override = ctx.finetune_epochs is not None
     epochs = ctx.finetune_epochs if override else ft.epochs
     facts = {"pruning_history": history, "finetune": None}
     if epochs > 0:
-        ctx.log(f"  fine-tuning {recipe.name} for {epochs} epochs on train ({len(ctx.dataset.train)} images)")
+        budget = f", at most {ctx.finetune_minutes:g} min" if ctx.finetune_minutes is not None else ""
+        ctx.log(f"  fine-tuning {recipe.name} for {epochs} epochs on train ({len(data)} images{budget})")
         cfg = TrainConfig(epochs=epochs, min_steps=0 if override else ft.min_steps, lr=ft.lr,
                           distill_weight=ft.distill_weight, batch_size=ft.batch_size,
-                          warmup_fraction=ft.warmup_fraction, augment=ft.augment)
-        facts["finetune"] = train(pruned, ctx.dataset.train, ctx.card, cfg, device=ctx.train_device,
+                          warmup_fraction=ft.warmup_fraction, augment=ft.augment,
+                          max_seconds=None if ctx.finetune_minutes is None else 60 * ctx.finetune_minutes)
+        facts["finetune"] = train(pruned, data, ctx.card, cfg, device=ctx.train_device,
                                   teacher=model, log=ctx.log)
     return pruned, facts
 

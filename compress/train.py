@@ -10,7 +10,10 @@ import torch.nn.functional as F
 
 from .cards import ModelCard
 from .data import Split
+from .evaluate import batch_size_for
 from .evaluate import logits as batched_logits
+
+TIME_PROBE_STEPS = 3  # steps timed before a wall-clock budget (max_seconds) resizes the schedule
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,9 @@ class TrainConfig:
     distill_weight: float = 0.0  # > 0: also match a teacher's soft outputs (fine-tune after pruning)
     temperature: float = 4.0
     seed: int = 0
+    # A wall-clock budget for large data: after a few steps the schedule is shortened to the steps
+    # that fit, so the learning rate still decays to zero. Not reproducible across machines.
+    max_seconds: float | None = None
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -42,6 +48,7 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 def train(model: torch.nn.Module, data: Split, card: ModelCard, cfg: TrainConfig,
           device: str = "cpu", teacher: torch.nn.Module | None = None, log=print) -> dict:
     """Train in place; returns a summary (seconds, steps, final loss) for the manifest."""
+    t_budget = time.perf_counter()  # the wall-clock budget counts the teacher's pass too
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     model.to(device).train()
@@ -59,44 +66,59 @@ def train(model: torch.nn.Module, data: Split, card: ModelCard, cfg: TrainConfig
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm)))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else _null()
+    micro = batch_size_for(card.input_size, cfg.batch_size)
     cached_teacher = None
     if teacher is not None and cfg.distill_weight > 0 and not cfg.augment:
         # Without augmentation every epoch shows the teacher the same images: run it once.
         # On a CPU the teacher's forward pass would otherwise cost more than the student's step.
         cached_teacher = batched_logits(teacher, data, card, batch_size=512, device=device)
     t0, step, loss_v = time.perf_counter(), 0, float("nan")
+    planned = total
     while step < total:
         perm = torch.randperm(n, generator=gen)
         for i in range(steps_per_epoch):
             if step >= total:
                 break
             idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            xb = data.images[idx]
-            xb = _augment(xb, gen) if cfg.augment else xb.float()
-            x = card.normalize(xb).to(device)  # normalize() takes any 0..255 tensor
-            y = data.labels[idx].to(device)
-            with autocast:
-                logits = model(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-                if teacher is not None and cfg.distill_weight > 0:
-                    with torch.no_grad():
-                        t_logits = cached_teacher[idx].to(device) if cached_teacher is not None else teacher(x)
-                    T = cfg.temperature
-                    kd = F.kl_div(F.log_softmax(logits / T, 1), F.log_softmax(t_logits / T, 1),
-                                  reduction="batchmean", log_target=True) * T * T
-                    loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * kd
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss_v = 0.0
+            # Large inputs go through in micro-batches whose gradients add up to the batch's: the
+            # optimizer sees cfg.batch_size images per step while memory holds only a micro-batch's
+            # activations. Where one micro-batch is the whole batch (32x32) nothing changes.
+            for part in idx.split(micro):
+                xb = data.images[part]
+                xb = _augment(xb, gen) if cfg.augment else xb.float()
+                x = card.normalize(xb).to(device)  # normalize() takes any 0..255 tensor
+                y = data.labels[part].to(device)
+                with autocast:
+                    logits = model(x)
+                    loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                    if teacher is not None and cfg.distill_weight > 0:
+                        with torch.no_grad():
+                            t_logits = cached_teacher[part].to(device) if cached_teacher is not None else teacher(x)
+                        T = cfg.temperature
+                        kd = F.kl_div(F.log_softmax(logits / T, 1), F.log_softmax(t_logits / T, 1),
+                                      reduction="batchmean", log_target=True) * T * T
+                        loss = (1 - cfg.distill_weight) * loss + cfg.distill_weight * kd
+                    loss = loss * (len(part) / len(idx))
+                loss.backward()
+                loss_v += float(loss.detach())
             opt.step()
             sched.step()
             step += 1
-            loss_v = float(loss.detach())
+            if cfg.max_seconds is not None and step == TIME_PROBE_STEPS:
+                per_step = (time.perf_counter() - t0) / step
+                left = cfg.max_seconds - (time.perf_counter() - t_budget)
+                total = min(total, step + max(0, int(left / per_step)))
+                warm = min(warm, max(1, int(cfg.warmup_fraction * total)))
             if step % max(1, total // 5) == 0:
                 log(f"  step {step}/{total}  loss {loss_v:.3f}  {time.perf_counter() - t0:.0f}s")
     model.eval().cpu()
     return {"seconds": round(time.perf_counter() - t0, 1), "steps": total, "epochs": round(total / steps_per_epoch, 2),
-            "final_loss": round(loss_v, 4), "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed,
-            "distill_weight": cfg.distill_weight}
+            "final_loss": round(loss_v, 4), "batch_size": cfg.batch_size, "micro_batch_size": micro,
+            "lr": cfg.lr, "seed": cfg.seed,
+            "distill_weight": cfg.distill_weight, "images": n,
+            **({"max_seconds": cfg.max_seconds, "planned_steps": planned} if cfg.max_seconds is not None else {})}
 
 
 class _null:

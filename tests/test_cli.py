@@ -78,7 +78,7 @@ def test_build_prints_the_summary_table(source, capsys):
     fp32 = rows[0].split()
     assert fp32[1] == "44.76"  # size MB, 2 decimals: 11.18M float32 parameters (3 classes) + header
     assert fp32[3] == "11,178,051" and fp32[6].endswith("%") and fp32[7].endswith("/6")
-    assert "dataset imagefolder-data-32px-" in out and "input 32x32" in out
+    assert "dataset imagefolder-32px-" in out and "input 32x32" in out
     # Progress goes to stderr, the table to stdout.
     assert "building fp32" in err and "building int8-dynamic" in err
     assert (source / "cache" / "artifacts").is_dir() and (source / "cache" / "datasets").is_dir()

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from compress import data as data_mod
+from compress import images as images_mod
 from compress.data import Dataset, Split, load_dataset, load_digits, load_imagefolder, stratified_order
 from compress.errors import UserError
 
@@ -151,29 +151,40 @@ def test_imagefolder_decodes_resizes_and_labels_by_sorted_class_folder(tree, cac
     for idx, label in ((0, 0), (4, 1), (10, 2)):
         i = idx % 4
         assert ds.train.images[idx, :, 16, 16].tolist() == list(colour(label, i))
-    assert ds.id.startswith("imagefolder-data-32px-") and ds.source == str(tree.resolve())
+    assert ds.id.startswith("imagefolder-32px-") and ds.source == str(tree.resolve())
 
 
-def test_imagefolder_caches_decoded_tensors_in_the_cache_dir(tree, cache, monkeypatch):
+def test_imagefolder_caches_decoded_subsets_in_the_cache_dir(tree, cache, monkeypatch):
     first = load_imagefolder(tree, SIZE)
-    assert len(list((cache / "datasets").glob("imagefolder-data-32px-*.safetensors"))) == 1
+    evaluated = first.eval_split().images[:]
+    (decoded,) = (cache / "decoded").glob("*.u8")
+    assert decoded.stat().st_size == evaluated.numel()
 
     def no_decoding(*a, **k):
         raise AssertionError("decoded again despite the cache")
 
-    monkeypatch.setattr(data_mod, "_decode", no_decoding)
+    monkeypatch.setattr(images_mod, "decode_image", no_decoding)
     second = load_imagefolder(tree, SIZE)
-    assert second.id == first.id and torch.equal(second.train.images, first.train.images)
+    assert second.id == first.id and torch.equal(second.eval_split().images[:], evaluated)
     assert torch.equal(second.test.labels, first.test.labels)
 
 
+def test_subsets_over_the_cache_budget_are_streamed_not_cached(tree, cache):
+    ds = load_imagefolder(tree, SIZE, cache_max_gb=0)
+    streamed = ds.eval_split().images
+    assert not streamed.cached and not (cache / "decoded").exists()
+    small = load_imagefolder(tree, SIZE, cache_max_gb=3 * 32 * 32 * 6 / 1e9)  # room for the 6 eval images only
+    assert small.eval_split().images.cached and not small.calibration_split(12).images.cached
+    assert torch.equal(small.eval_split().images[:], streamed[:])
+
+
 def test_damaged_cache_is_rebuilt_not_trusted(tree, cache):
-    first = load_imagefolder(tree, SIZE)
-    (cached,) = (cache / "datasets").iterdir()
+    first = load_imagefolder(tree, SIZE).eval_split().images[:]
+    (cached,) = (cache / "decoded").glob("*.u8")
     cached.write_bytes(b"\x00" * 100)
-    again = load_imagefolder(tree, SIZE)
-    assert torch.equal(again.train.images, first.train.images) and again.id == first.id
-    assert cached.stat().st_size > 100  # rewritten
+    again = load_imagefolder(tree, SIZE).eval_split().images[:]
+    assert torch.equal(again, first)
+    assert cached.stat().st_size == first.numel()  # rewritten
 
 
 @pytest.fixture
@@ -189,10 +200,9 @@ def read_only(tree):
 def test_read_only_data_root_works_and_is_never_written(read_only, cache):
     before = listing(read_only)
     ds = load_imagefolder(read_only, SIZE)
-    assert len(ds.train) == 12
+    assert len(ds.train) == 12 and len(ds.eval_split().images[:]) == 6
     assert listing(read_only) == before  # no cache, lock or temp file inside the data root
-    assert [p.name[:len("imagefolder-data-32px-")] for p in (cache / "datasets").iterdir()] == [
-        "imagefolder-data-32px-"]
+    assert list((cache / "datasets").glob("imagefolder-*.content.json")) and list((cache / "decoded").glob("*.u8"))
 
 
 def test_cache_dir_inside_the_data_root_is_refused(tree):
@@ -266,9 +276,10 @@ def test_unreadable_image_fails_naming_its_path(tree, cache, damage):
     bad = tree / "test" / "cat" / "img0.png"
     data = bad.read_bytes()
     bad.write_bytes(data[:len(data) // 2] if damage == "truncated" else b"this is text, not a PNG")
-    msg = one_line_error(load_imagefolder, tree, SIZE)
+    ds = load_imagefolder(tree, SIZE)  # lists and hashes the files; decodes nothing yet
+    msg = one_line_error(ds.eval_split)  # the evaluation subset is decoded (and cached) before any build
     assert f"cannot decode image {bad.resolve()}" in msg and "remove or replace the file" in msg
-    assert not (cache / "datasets").exists()  # nothing cached from a failed load
+    assert not list((cache / "decoded").iterdir())  # nothing half-written from a failed decode
 
 
 # ---------------------------------------------------------------- load_dataset dispatch and CIFAR-10
@@ -293,11 +304,11 @@ def test_dataset_id_names_content_not_location(tree, cache, tmp_path):
     """A copy elsewhere (a CI checkout, another machine, fresh mtimes) must find the same
     baselines; the cache, keyed by location and mtimes, is rebuilt for it."""
     base = load_imagefolder(tree, SIZE)
-    copy = tmp_path / "elsewhere" / tree.name
+    copy = tmp_path / "elsewhere" / "my data, copied"  # another folder name, with a space and a comma
     shutil.copytree(tree, copy)  # new mtimes
     for p in copy.rglob("*"):
         os.utime(p, ns=(1, 1))
     moved = load_imagefolder(copy, SIZE)
-    assert moved.id == base.id and torch.equal(moved.test.images, base.test.images)
+    assert moved.id == base.id and torch.equal(moved.test.images[:], base.test.images[:])
     assert len(list((cache / "datasets").iterdir())) == 2  # one cache entry per location
     assert load_imagefolder(tree, (32, 48)).id != base.id  # the full input size, not just "32px"
