@@ -88,6 +88,10 @@ BASELINE_FIELDS = {
 }
 
 
+def _no_constants(name: str):
+    raise ValueError(f"a non-finite number ({name})")
+
+
 def validate_baseline(obj: Any, source: str, dataset_id: str | None = None,
                       device: str | None = None) -> dict:
     """Return ``obj`` if it is a valid baseline document (for that dataset and device)."""
@@ -216,7 +220,7 @@ class BaselineStore:
         if not raw.strip():
             raise UserError(f"{source}: baseline file is empty; {_FIX}")
         try:
-            doc = json.loads(raw.decode("utf-8"))
+            doc = json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
         except UnicodeDecodeError:
             raise UserError(f"{source}: baseline is not UTF-8 text; {_FIX}") from None
         except json.JSONDecodeError as err:
@@ -224,6 +228,8 @@ class BaselineStore:
                             f"{err.lineno} column {err.colno}); {_FIX}") from None
         except RecursionError:
             raise UserError(f"{source}: baseline JSON nested too deeply; {_FIX}") from None
+        except ValueError as err:  # NaN or Infinity: JSON has no such numbers, a baseline must not either
+            raise UserError(f"{source}: baseline holds {err}; {_FIX}") from None
         return validate_baseline(doc, source, dataset_id, device)
 
     def lookup_with_notes(self, results: dict) -> tuple[dict | None, dict | None, list[str]]:

@@ -150,11 +150,15 @@ def pytest_sessionfinish(session, exitstatus):
     for case_id, reason in session.config.stash[_ERRORS].items():
         if case_id in bs.items:
             bs.items[case_id]["status"], bs.items[case_id]["reason"] = "error", reason
+    from .session import GateNotApplied
+
     try:
         bs.finish()
+    except GateNotApplied:
+        session.exitstatus = pytest.ExitCode.USAGE_ERROR  # results written; summary says why no gate
     except UserError as e:
         bs.summary_lines = [f"error: results not written: {e}"]
-        session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
+        session.exitstatus = pytest.ExitCode.USAGE_ERROR
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

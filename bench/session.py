@@ -6,6 +6,7 @@ comparing in gate.py, rendering in bench/report/: each reads only the results do
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -130,6 +131,11 @@ class BenchSession:
                                 finetune_minutes=o.finetune_minutes, eval_split=o.eval_split,
                                 cache_max_gb=o.cache_max_gb)
         self.eval = self.ctx.dataset.eval_split(o.eval_samples)
+        if o.gate:
+            from .baselines import BaselineStore
+
+            # A damaged baselines file is reported now, in one line, before anything is built.
+            BaselineStore(o.baseline_dir).load(self.ctx.dataset.id, self.device.kind)
 
     def artifact(self, variant: str) -> Artifact:
         if variant not in self._artifacts:
@@ -346,13 +352,28 @@ class BenchSession:
 
         results = self.results()
         store = BaselineStore(self.opts.baseline_dir)
+        gate_error = None
         if self.opts.gate:
-            results["gate"] = run_gate(results, store, self.gate_config)
+            try:
+                results["gate"] = run_gate(results, store, self.gate_config)
+            except UserError as e:  # the measurements are still written; the gate's problem is said
+                gate_error = str(e)
         results = validate_results(results, "this run's results")
         unique, stable = result_paths(self.opts.report_dir, self.dataset_label(), self.device.kind, self.opts.shard)
-        atomic_write_json(unique, results)
-        atomic_write_json(stable, results)
+        try:
+            atomic_write_json(unique, results)
+            atomic_write_json(stable, results)
+        except OSError as e:
+            # A full disk or a read-only folder: the stable name must not keep an older run's
+            # results looking like this run's.
+            with contextlib.suppress(OSError):
+                stable.unlink(missing_ok=True)
+            raise UserError(f"cannot write {e.filename or unique} ({e.strerror or e}); free space or fix the "
+                            f"permissions of {self.opts.report_dir}, or pass --report-dir elsewhere") from None
         lines = [f"results: {stable} (this run: {unique})"]
+        if gate_error is not None:
+            self.summary_lines = [*lines, f"error: the gate could not run: {gate_error}"]
+            raise GateNotApplied(gate_error)
         if self.opts.gate:
             lines += format_summary(results["gate"]["findings"]).splitlines()
             if self.opts.latency_gate == "report":
@@ -361,7 +382,7 @@ class BenchSession:
         record_new = self.opts.baseline_missing == "record" and self.opts.gate and any(
             f["verdict"] == "new" for f in results["gate"]["findings"])
         if self.opts.update_baselines or record_new:
-            changes = store.update(results)
+            changes = store.update(results)  # locked, atomic; an OSError there is a UserError
             lines.append(f"baselines: {store.path_for_results(results)}: "
                          f"{len(changes)} change{'s' if len(changes) != 1 else ''}")
             lines += [f"  {c}" for c in changes]
@@ -371,8 +392,14 @@ class BenchSession:
             lines.append(f"report: {render_report(results, self.opts.report_dir)}")
         except UserError as e:
             lines.append(f"report not written: {e}")
+        except OSError as e:
+            lines.append(f"report not written: cannot write in {self.opts.report_dir} ({e.strerror or e})")
         self.summary_lines = lines
         return results
+
+
+class GateNotApplied(UserError):
+    """The results were written, but the gate could not judge them (e.g. a damaged baselines file)."""
 
 
 def resources() -> dict:

@@ -36,7 +36,7 @@ from .cards import ModelCard
 from .data import Dataset, Split, default_cache_dir
 from .errors import UserError
 from .evaluate import predict, top1
-from .fsutil import atomic_write_bytes, atomic_write_json, dumps_json, sha256_file
+from .fsutil import READ_ONLY_CACHE, atomic_write_bytes, atomic_write_json, dumps_json, sha256_file, writable
 from .models import build_model, count_macs, count_parameters, require_safe_torch
 from .registry import Kind, Recipe, WeightsFormat, lineage
 
@@ -271,6 +271,14 @@ def build_variant(name: str, ctx: BuildContext, force: bool = False, _models: di
     from filelock import FileLock
 
     trust.check_cache_dir(ctx.artifact_root)
+    if not force and not writable(vdir.parent):
+        # A read-only cache (a shared, pre-built one) is used as it is: no lock can be taken there,
+        # and none is needed, since nothing will be written.
+        manifest, _ = _read_manifest(vdir)
+        if manifest and manifest.get("key") == key and verify_files(vdir, manifest) \
+                and acc_key in manifest["accuracy"]:
+            return Artifact(name, vdir, manifest)
+        raise UserError(READ_ONLY_CACHE.format(path=ctx.artifact_root, what=f"build of {name}"))
     vdir.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(vdir) + ".lock"):
         manifest, why = _read_manifest(vdir)

@@ -24,7 +24,7 @@ from .data import (
     refuse_cache_inside,
 )
 from .errors import UserError
-from .fsutil import atomic_write_bytes, atomic_write_json, sha256_file
+from .fsutil import READ_ONLY_CACHE, atomic_write_bytes, atomic_write_json, sha256_file, writable
 from .models import build_model, load_model
 from .train import TrainConfig, train
 from .trust import check_cache_dir
@@ -42,6 +42,10 @@ def embedded_checkpoint(cache_dir: Path | None = None, log=print) -> Path:
 
     root = checked_cache_dir(cache_dir) / "models"
     ckpt = root / f"resnet18-digits-v{EMBEDDED_VERSION}.safetensors"
+    if not writable(root):  # a read-only cache: the model must already be there, and ours
+        if _embedded_is_ours(ckpt):
+            return ckpt
+        raise UserError(READ_ONLY_CACHE.format(path=root, what="embedded model"))
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(ckpt) + ".lock"):
         if _embedded_is_ours(ckpt):

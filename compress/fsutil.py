@@ -75,3 +75,16 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def writable(path: str | os.PathLike) -> bool:
+    """Whether files can be created in ``path`` (its nearest existing ancestor if it does not
+    exist yet): false on a read-only mount or a folder without write permission for this user."""
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return os.access(p, os.W_OK)
+
+
+READ_ONLY_CACHE = ("the cache {path} is read-only and does not hold a valid {what} for these inputs: "
+                   "run once with a writable cache (or pass --cache-dir to a writable folder), then reuse it read-only")

@@ -16,7 +16,7 @@ from compress.build import Artifact
 from compress.cards import ModelCard
 from compress.data import Split
 from compress.errors import UserError
-from compress.fsutil import atomic_write_bytes, atomic_write_json, sha256_file
+from compress.fsutil import READ_ONLY_CACHE, atomic_write_bytes, atomic_write_json, sha256_file, writable
 from compress.registry import Recipe
 
 from ..devices import Device
@@ -176,9 +176,14 @@ def cached_file(art: Artifact, name: str, key: dict, make: Callable[[Path], None
     from filelock import FileLock
 
     d = runtime_dir(art)
-    d.mkdir(parents=True, exist_ok=True)
     path, record = d / name, d / f"{name}.json"
     key = {**key, "artifact_key": art.manifest["key"]}
+    if not writable(d):  # a read-only cache: use what it holds, or say what to do
+        rec, _ = _read_record(path)
+        if rec is not None and rec["key"] == key and path.is_file() and sha256_file(path) == rec["sha256"]:
+            return path
+        raise UserError(READ_ONLY_CACHE.format(path=d, what=name))
+    d.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         rec, why = _read_record(path)
         if rec is not None and rec["key"] == key:
