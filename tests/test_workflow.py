@@ -58,14 +58,29 @@ def _bench_parser() -> Parser:
     return parser
 
 
-def test_matrix_covers_x86_arm_and_a_self_hosted_gpu(wf):
+def test_matrix_covers_x86_in_shards_arm_and_a_self_hosted_gpu(wf):
     by_name = {e["name"]: e for e in _matrix(wf)}
-    assert set(by_name) == {"x86", "arm", "cuda"}
-    assert by_name["x86"]["runs-on"] == "ubuntu-24.04"
-    assert by_name["arm"]["runs-on"] == "ubuntu-24.04-arm"
-    assert "self-hosted" in by_name["cuda"]["runs-on"]
+    assert set(by_name) == {"x86-shard1", "x86-shard2", "arm"}
+    assert {by_name[n]["shard"] for n in ("x86-shard1", "x86-shard2")} == {"1/2", "2/2"}
+    assert by_name["x86-shard1"]["runs-on"] == "ubuntu-24.04" and by_name["arm"]["runs-on"] == "ubuntu-24.04-arm"
     assert all(e["device"] in DEVICE_CHOICES for e in _matrix(wf))
     assert wf["jobs"]["bench"]["strategy"]["fail-fast"] is False
+    cuda = wf["jobs"]["bench-cuda"]
+    assert "self-hosted" in cuda["runs-on"]
+
+
+def test_fork_pull_requests_never_reach_the_self_hosted_runner(wf):
+    # The self-hosted runner keeps its disk: code from a fork's pull request must not run there.
+    guard = wf["jobs"]["bench-cuda"]["if"]
+    assert "github.event.pull_request.head.repo.full_name == github.repository" in guard
+    assert "github.event_name != 'pull_request'" in guard
+    hosted = [j for j in wf["jobs"].values() if "self-hosted" not in str(j["runs-on"])]
+    assert all("self-hosted" not in str(e["runs-on"]) for e in _matrix(wf)) and len(hosted) == 2
+    # No job keeps the checkout's token where later steps (running the PR's code) could read it.
+    for job in wf["jobs"].values():
+        for step in job["steps"]:
+            if "actions/checkout" in step.get("uses", ""):
+                assert step.get("with", {}).get("persist-credentials") is False
 
 
 def test_extras_named_by_the_matrix_exist(wf):
@@ -105,7 +120,8 @@ def test_a_misspelled_option_would_be_caught():
 
 
 def test_merge_downloads_what_the_device_jobs_upload(wf):
-    uploads = [s["with"]["name"] for s in wf["jobs"]["bench"]["steps"] if "upload-artifact" in s.get("uses", "")]
+    uploads = [s["with"]["name"] for job in ("bench", "bench-cuda") for s in wf["jobs"][job]["steps"]
+               if "upload-artifact" in s.get("uses", "")]
     (download,) = [s for s in wf["jobs"]["merge"]["steps"] if "download-artifact" in s.get("uses", "")]
     pattern = download["with"]["pattern"]
     assert any(re.fullmatch(pattern.replace("*", r".*"), re.sub(r"\$\{\{.*?\}\}", "x86", u)) for u in uploads)
@@ -146,8 +162,10 @@ def test_every_job_installs_exactly_one_onnxruntime_extra(wf):
     for job, entry, extras in installs:
         ort = [e for e in extras.split(",") if e in ORT_EXTRAS]
         assert len(ort) == 1, f"{job} {entry.get('name', '')}: PROJECT_EXTRAS={extras} installs {len(ort)} ONNX Runtime packages"
-        if entry:  # a device job: the CUDA runner gets the GPU build, CPU runners the CPU one
-            assert ort == (["gpu"] if entry["device"] == "cuda" else ["cpu"]), (job, entry["name"], extras)
+        if entry:  # a device job on a CPU runner gets the CPU build
+            assert ort == ["cpu"], (job, entry["name"], extras)
+        elif job == "bench-cuda":  # the CUDA runner gets the GPU build
+            assert ort == ["gpu"], (job, extras)
 
 
 def test_setup_defaults_to_the_cpu_build():
