@@ -137,9 +137,12 @@ def recalibrate_bn(model: torch.nn.Module, data: Split, card: ModelCard, batches
             m.reset_running_stats()
             m.momentum = None  # cumulative average over the batches seen
     model.train()
-    for i in range(batches):
-        sl = slice(i * batch_size, (i + 1) * batch_size)
-        if sl.start >= len(data):
-            break
-        model(card.normalize(data.images[sl]))
+    # No autograd graph: BN statistics come from the forward pass alone, and at 224x224 the saved
+    # activations of a 128-image batch would take gigabytes.
+    with torch.no_grad():
+        for i in range(batches):
+            sl = slice(i * batch_size, (i + 1) * batch_size)
+            if sl.start >= len(data):
+                break
+            model(card.normalize(data.images[sl]))
     model.eval()
