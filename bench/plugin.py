@@ -46,16 +46,39 @@ def pytest_configure(config):
             raise UserError("--update-baselines and --no-gate contradict each other: drop one")
         session = BenchSession(opts, device, opts.project_root, native_input_size(opts.checkpoint, opts.card))
         session.plan()  # unknown variant / runtime names fail here
-        if "onnxruntime" in session.runtime_names():
-            from .runtimes.onnxruntime import package_conflict
+        from .runtimes import get_runtime
 
-            conflict = package_conflict(device.kind)  # two ONNX Runtime packages: say what to uninstall
-            if conflict:
-                raise UserError(conflict)
+        for name in session.runtime_names():
+            error = get_runtime(name).usage_error(device, dict(opts.runtime_options.get(name, {})))
+            if error:
+                raise UserError(error)
     except UserError as e:
         raise pytest.UsageError(str(e)) from None
+    session.log = progress_writer(config)
     config.stash[_KEY] = session
     config.stash[_ERRORS] = {}
+
+
+def progress_writer(config):
+    """Where builds, fine-tunes and compiles report progress: pytest's terminal reporter, which
+    writes to the real terminal even while a test's output is captured. Under CI=true with -q
+    only the top-level lines (one per build, one per slow load) are shown, not the indented
+    per-step ones."""
+    import os
+
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    quiet_ci = os.environ.get("CI", "").lower() == "true" and config.get_verbosity() < 0
+
+    def write(line: str) -> None:
+        if quiet_ci and line.startswith(" "):
+            return
+        if tr is None:
+            print(line, flush=True)
+        else:
+            tr.write_line(line)
+            tr.flush()
+
+    return write
 
 
 def _session(config):

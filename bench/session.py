@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +34,7 @@ from .runtimes import Handle, LoadRequest, get_runtime, runtimes
 
 EVAL_BATCH = 256
 LATENCY_INPUTS = 16  # distinct real images cycled through during latency timing
+SLOW_LOAD_S = 5.0  # a handle that took longer to load is reported as progress
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,8 @@ class PlannedCase:
 
 def own_module_per_shape(case: Case) -> bool:
     """Whether each timed input shape of ``case`` loads a module of its own (see handle())."""
-    return get_recipe(case.variant).kind.quantized and get_runtime(case.runtime).int8_module_per_shape
+    runtime = get_runtime(case.runtime)
+    return runtime.static_shapes or (get_recipe(case.variant).kind.quantized and runtime.int8_module_per_shape)
 
 
 class BenchSession:
@@ -71,6 +74,9 @@ class BenchSession:
         self.items: dict[str, dict] = {}
         self.skipped: list[dict] = []
         self.summary_lines: list[str] = []
+        # Progress of long work (builds, fine-tunes, compiles); the plugin routes it to pytest's
+        # terminal, which shows it even while test output is captured.
+        self.log: Callable[[str], None] = lambda line: print(line, flush=True)
         self._baseline: tuple | None = None
         self._header: dict | None = None
         self.gate_config = self._load_gate_config()  # thresholds parse at start-up: a typo fails before any build
@@ -127,7 +133,7 @@ class BenchSession:
         self.ctx = open_context(o.dataset, o.data_root, o.checkpoint, o.card, o.cache_dir, o.artifact_dir,
                                 o.eval_samples, o.calib_samples, o.finetune_epochs, o.download,
                                 train_device="cuda" if self.device.kind == "cuda" else "cpu",
-                                log=lambda s: print(s, flush=True), finetune_samples=o.finetune_samples,
+                                log=self.log, finetune_samples=o.finetune_samples,
                                 finetune_minutes=o.finetune_minutes, eval_split=o.eval_split,
                                 cache_max_gb=o.cache_max_gb)
         self.eval = self.ctx.dataset.eval_split(o.eval_samples)
@@ -162,8 +168,13 @@ class BenchSession:
             model = art.load_model(self.ctx.card) if own else self.model(case.variant)
             float_model = self.model(recipe.parent) if recipe.kind.quantized else model
             req = LoadRequest(art, recipe, model, float_model, self.ctx.card, self.device, self.opts.threads,
-                              self.ctx.calibration_split(), options=dict(self.opts.runtime_options.get(case.runtime, {})))
+                              self.ctx.calibration_split(), options=dict(self.opts.runtime_options.get(case.runtime, {})),
+                              shape=shape if own else None)
+            t0 = time.perf_counter()
             self._handles[key] = get_runtime(case.runtime).load(req)
+            if time.perf_counter() - t0 > SLOW_LOAD_S:  # a compile or quantization the user waited for
+                where = f" for {shape[0]}x{shape[1]} batch {shape[2]}" if own else ""
+                self.log(f"loaded {case.id}{where} in {time.perf_counter() - t0:.0f}s (compiled or quantized; cached now)")
         return self._handles[key]
 
     def item(self, case: Case) -> dict:
@@ -287,6 +298,8 @@ class BenchSession:
             "options": {"threads": self.opts.threads, "batch_sizes": list(self.opts.batch_sizes),
                         "input_sizes": [list(s) for s in self.shapes], "runtimes": self.runtime_names(),
                         "variants": list(self.opts.variants), "min_samples": self.opts.min_samples,
+                        "runtime_notes": {n: rt.note for n, rt in runtimes().items()
+                                          if rt.note and n in self.runtime_names()},
                         "min_time_s": self.opts.min_time_s, "calib_samples": self.opts.calib_samples,
                         **self.opts.flat_runtime_options(),
                         # Thread-pool behaviour that latencies depend on (bench/__init__.py).

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install the project with its test tools. Idempotent: a second run is quick.
 #
-#   PROJECT_EXTRAS  the extras to install (default dev,cpu). Exactly one of them must pick the ONNX
+#   PROJECT_EXTRAS  the extras to install (default dev,cpu,openvino,pt2). Exactly one of them must pick the ONNX
 #                   Runtime package: cpu (onnxruntime, x86 and ARM) or gpu (onnxruntime-gpu, CUDA).
 #                   The two packages share one module; switching an existing .venv from one to the
 #                   other removes the old one first (pip would leave both, and the CPU one would win).
@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-${TORCH_PYTHON:-python3}}
-EXTRAS=${PROJECT_EXTRAS:-dev,cpu}
+EXTRAS=${PROJECT_EXTRAS:-dev,cpu,openvino,pt2}
 
 # The ONNX Runtime extras (pyproject.toml) and the package each one installs; every other ONNX
 # Runtime package (bench/runtimes/onnxruntime.py, ORT_DISTRIBUTIONS) is removed when found.

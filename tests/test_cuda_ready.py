@@ -31,6 +31,8 @@ from bench.runtimes.onnxruntime import (
     installed_ort_distributions,
     package_conflict,
     package_conflict_reason,
+    provider_list,
+    tensorrt_reason,
 )
 from compress.registry import get_recipe
 
@@ -131,8 +133,31 @@ def test_the_start_up_check_reports_a_conflict(monkeypatch):
 
 # ---------------------------------------------------------------- provider choice and skip reasons
 def test_provider_choice():
-    assert OnnxRuntime().providers(CUDA) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert OnnxRuntime().providers(X86) == ["CPUExecutionProvider"]
+    assert provider_list(CUDA.kind) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert provider_list(X86.kind) == ["CPUExecutionProvider"]
+    assert provider_list(X86.kind, "tensorrt") == ["CPUExecutionProvider"]  # TensorRT is a CUDA choice only
+
+
+def test_tensorrt_provider_builds_fresh_engines_with_fp16_only_for_fp16():
+    (name, opts), *rest = provider_list(CUDA.kind, "tensorrt", half=True)
+    assert name == "TensorrtExecutionProvider" and rest == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert opts == {"trt_fp16_enable": "True", "trt_engine_cache_enable": "False"}
+    assert provider_list(CUDA.kind, "tensorrt", half=False)[0][1]["trt_fp16_enable"] == "False"
+
+
+def test_tensorrt_missing_is_a_usage_error_naming_the_fix(monkeypatch):
+    assert tensorrt_reason(("TensorrtExecutionProvider", "CUDAExecutionProvider")) is None
+    msg = tensorrt_reason(("CUDAExecutionProvider", "CPUExecutionProvider"))
+    assert "pip install tensorrt" in msg and "CUDAExecutionProvider, CPUExecutionProvider" in msg
+    monkeypatch.setattr(ortmod, "installed_ort_distributions", lambda: (GPU_BUILD,))
+    rt = OnnxRuntime()
+    monkeypatch.setattr(ortmod, "ort_facts", lambda kind: gpu_facts())  # GPU build with TensorRT's provider
+    assert rt.usage_error(CUDA, {"ort_cuda_ep": "tensorrt"}) is None
+    monkeypatch.setattr(ortmod, "ort_facts",
+                        lambda kind: gpu_facts(providers=("CUDAExecutionProvider", "CPUExecutionProvider")))
+    assert rt.usage_error(X86, {"ort_cuda_ep": "tensorrt"}) is None  # only --device cuda asks for it
+    assert rt.usage_error(CUDA, {"ort_cuda_ep": "cuda"}) is None
+    assert "pip install tensorrt" in rt.usage_error(CUDA, {"ort_cuda_ep": "tensorrt"})
 
 
 @pytest.mark.parametrize("facts", [cpu_facts(), gpu_facts()], ids=["cpu-build", "gpu-build"])

@@ -133,7 +133,7 @@ BAD_COMBINATIONS = [
     # Names the bad variant and where the list is.
     (["--variant", "nosuch"], ["unknown variant 'nosuch'", "python -m compress list"]),
     (["--variant", "nosuch-*"], ["no variant matches nosuch-*", "python -m compress list"]),
-    (["--runtime", "tensorrt"], ["unknown runtime 'tensorrt'", "eager, torchscript, onnxruntime"]),
+    (["--runtime", "tensorrt"], ["unknown runtime 'tensorrt'", "eager, torchscript, aotinductor, onnxruntime, openvino"]),
     (["--device", OTHER_ARCH], [f"--device {OTHER_ARCH}", f"this host is {HOST}"]),
     (["--update-baselines", "--no-gate"], ["contradict"]),
     (["--dataset", "imagefolder", "--data-root", "."], ["--dataset imagefolder needs --checkpoint"]),

@@ -2,7 +2,7 @@
 declares). Importing this package registers the built-in ones."""
 from __future__ import annotations
 
-from . import eager, onnxruntime, torchscript  # noqa: F401  (each registers its runtime on import)
+from . import aotinductor, eager, onnxruntime, openvino, torchscript  # noqa: F401  (each registers its runtime on import)
 from .base import Handle, LoadRequest, Runtime, RuntimeOption
 from .registry import get_runtime, register_runtime, runtimes
 

@@ -34,6 +34,9 @@ class LoadRequest:
     threads: int
     calibration: Split  # the same train images the PyTorch int8 variant was calibrated on
     options: dict = field(default_factory=dict)  # runtime settings from the command line
+    # (height, width, batch) when this handle serves one timed shape only (Runtime.static_shapes);
+    # None for the accuracy pass, which feeds any batch at the card's input size.
+    shape: tuple[int, int, int] | None = None
 
 
 @dataclass
@@ -82,7 +85,11 @@ class Runtime:
                        they are judged against that parent too (bench/measure.py)
     int8_module_per_shape  int8 modules keep their kernels for the first input shape they see
                        (PyTorch's quantized conv, x86 engine): each timed shape loads its own
+    static_shapes      every timed shape loads a handle of its own, given ``LoadRequest.shape``,
+                       and compiled for exactly that shape (the deployment form)
     cuda_int8_refusal  why int8 variants cannot run on CUDA here; None where they can
+    note               what a reader of the report must know about the runtime itself (deprecation);
+                       recorded in the results header and printed with its table
     run_order          items run in ascending order (ties: registration order); eager, the
                        reference, comes first
     """
@@ -92,6 +99,8 @@ class Runtime:
     options: ClassVar[tuple[RuntimeOption, ...]] = ()
     requantizes_int8: ClassVar[bool] = False
     int8_module_per_shape: ClassVar[bool] = False
+    static_shapes: ClassVar[bool] = False
+    note: ClassVar[str | None] = None
     cuda_int8_refusal: ClassVar[str | None] = None
 
     def versions(self) -> dict[str, str | None]:
@@ -100,6 +109,11 @@ class Runtime:
 
     def unavailable_reason(self, device: Device) -> str | None:
         """Why this runtime cannot run on this host at all (missing package, provider); None if it can."""
+        return None
+
+    def usage_error(self, device: Device, options: dict) -> str | None:
+        """Why this run cannot start as asked (checked at start-up, before anything is built): a
+        broken install or an option this host cannot honour. None when it can."""
         return None
 
     def unsupported_reason(self, recipe: Recipe, device: Device) -> str | None:
@@ -127,12 +141,25 @@ def module_version(module: str) -> str | None:
         return None
 
 
-def calibration_batches(req: LoadRequest, batch_size: int = 32) -> Iterator[np.ndarray]:
-    """The variant's calibration images, normalized, as float32 NCHW batches: every runtime that
-    quantizes by itself calibrates on exactly the images PyTorch's int8 variant did."""
+def dist_version(distribution: str) -> str | None:
+    """The installed version of a distribution, read from its metadata without importing it (some,
+    like torchao and nncf, take seconds to import and warn on import); None when not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
+
+
+def calibration_batches(req: LoadRequest, batch_size: int = 32,
+                        size: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
+    """The variant's calibration images, normalized, as float32 NCHW batches (at ``size``, default
+    the card's input size): every runtime that quantizes by itself calibrates on exactly the
+    images PyTorch's int8 variant did."""
     calib = req.calibration
     for i in range(0, len(calib), batch_size):
-        yield req.card.normalize(calib.images[i:i + batch_size]).numpy()
+        yield req.card.normalize(calib.images[i:i + batch_size], size).numpy()
 
 
 # ---------------------------------------------------------------- runtime files beside the artifact

@@ -12,7 +12,6 @@ ONNX Runtime supports exactly one of its packages per environment (``onnxruntime
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import io
 import os
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from compress.errors import UserError
 from compress.registry import WeightsFormat
 
 from .base import (
@@ -39,9 +39,11 @@ from .base import (
     module_version,
     verified_bytes,
 )
+from .onnx_export import OPSET, export_onnx
 from .registry import register_runtime
 
-OPSET = 17
+TENSORRT = "TensorrtExecutionProvider"
+CUDA_EPS = {"cuda": "CUDAExecutionProvider", "tensorrt": TENSORRT}  # --ort-cuda-ep -> the provider it starts
 SPINNING = "session.intra_op.allow_spinning"  # set on every session, read back into runtime_info
 OPT_LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC",
               "disabled": "ORT_DISABLE_ALL"}
@@ -75,6 +77,9 @@ class OnnxRuntime(Runtime):
         RuntimeOption("--ort-int8-format", "qdq", "ONNX Runtime static int8: qdq (QuantizeLinear/DequantizeLinear, "
                       "uint8 activations, int8 weights), qdq-s8s8 (int8 activations: slow kernels on x86) or "
                       "qoperator (QLinearConv, U8S8); recorded in the results", choices=("qdq", "qdq-s8s8", "qoperator")),
+        RuntimeOption("--ort-cuda-ep", "cuda", "ONNX Runtime provider on --device cuda: cuda (CUDAExecutionProvider) "
+                      "or tensorrt (TensorrtExecutionProvider, fp16 kernels for fp16 variants; engines are built in "
+                      "memory every run, never cached); recorded in the results", choices=tuple(CUDA_EPS)),
     )
 
     def versions(self):
@@ -83,8 +88,12 @@ class OnnxRuntime(Runtime):
     def unavailable_reason(self, device):
         return availability_reason(ort_facts(device.kind), device.kind)
 
-    def providers(self, device) -> list[str]:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.kind == "cuda" else ["CPUExecutionProvider"]
+    def usage_error(self, device, options):
+        conflict = package_conflict(device.kind)  # two ONNX Runtime packages: say what to uninstall
+        if conflict or device.kind != "cuda" or options.get("ort_cuda_ep", "cuda") != "tensorrt":
+            return conflict
+        facts = ort_facts(device.kind)
+        return None if facts.import_error else tensorrt_reason(facts.providers)
 
     def load(self, req: LoadRequest) -> Handle:
         ort = _ort()
@@ -96,19 +105,7 @@ class OnnxRuntime(Runtime):
                "int8_format": int8_format if kind.quantized and not dynamic else None}
 
         def export(tmp, model, dtype):
-            example = torch.zeros(1, 3, *req.card.input_size, dtype=dtype)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the TorchScript-based exporter is deprecated but exact for CNNs
-                # A copy: .cpu()/.to() work in place, and the session shares this module with the
-                # eager handle (on CUDA, exporting it would pull the fp32 reference off the GPU).
-                torch.onnx.export(copy.deepcopy(model).cpu().to(dtype).eval(), (example,), str(tmp),
-                                  opset_version=OPSET,
-                                  dynamo=False, input_names=["input"], output_names=["logits"],
-                                  dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"},
-                                                "logits": {0: "batch"}})
-            import onnx
-
-            onnx.checker.check_model(str(tmp))
+            export_onnx(model, req.card.input_size, tmp, dtype)
 
         def make(tmp):
             if kind.quantized:
@@ -140,12 +137,18 @@ class OnnxRuntime(Runtime):
         # cost, workers spinning ~60 ms after a call, is absorbed by measure._switch_to
         # (docs/PERFORMANCE.md).
         so.add_session_config_entry(SPINNING, "1")
-        sess = ort.InferenceSession(verified_bytes(path), so, providers=self.providers(req.device))
+        ep = self.option(req, "ort_cuda_ep")
+        sess = ort.InferenceSession(verified_bytes(path), so, providers=provider_list(req.device.kind, ep, kind.half))
+        wanted = CUDA_EPS[ep] if req.device.kind == "cuda" else "CPUExecutionProvider"
+        if sess.get_providers()[0] != wanted:  # ONNX Runtime falls back silently: never time the fallback
+            raise UserError(f"ONNX Runtime did not start {wanted} (the session runs on {sess.get_providers()[0]}); "
+                            f"see the skip reasons of a run without --ort-cuda-ep, or nvidia-smi")
         in_dtype = np.float16 if kind.half else np.float32
         info = {"providers": sess.get_providers(), "graph_optimization_level": level,
                 "intra_op_threads": req.threads, "inter_op_threads": 1, "execution_mode": "sequential",
                 "allow_spinning": sess.get_session_options().get_session_config_entry(SPINNING) == "1",
                 "opset": OPSET, "onnxruntime": ort.__version__, "arena_shrinkage": "after batched calls",
+                "provider_options": sess.get_provider_options().get(sess.get_providers()[0]),
                 "quantization": None if not kind.quantized else ("dynamic (MatMul/Gemm)" if dynamic else
                                                              STATIC_FORMATS[int8_format][0])}
         name = sess.get_inputs()[0].name
@@ -156,6 +159,27 @@ class OnnxRuntime(Runtime):
             run=lambda x: sess.run(None, {name: x}, shrink if x.shape[0] > 1 else None)[0],
             to_numpy=lambda y: np.asarray(y, dtype=np.float32),
             path=path, info=info)
+
+
+def provider_list(device_kind: str, ep: str = "cuda", half: bool = False) -> list:
+    """Pure: the providers a session asks for, first choice first. TensorRT engines are built in
+    memory each run (an engine cache is a binary plan another user could swap), fp16 kernels only
+    for fp16 variants; CUDA and then the CPU take what TensorRT cannot run."""
+    if device_kind != "cuda":
+        return ["CPUExecutionProvider"]
+    if ep == "tensorrt":
+        trt = {"trt_fp16_enable": "True" if half else "False", "trt_engine_cache_enable": "False"}
+        return [(TENSORRT, trt), CUDA_EPS["cuda"], "CPUExecutionProvider"]
+    return [CUDA_EPS["cuda"], "CPUExecutionProvider"]
+
+
+def tensorrt_reason(providers) -> str | None:
+    """Pure: why --ort-cuda-ep tensorrt cannot work with these available providers; None if it can."""
+    if TENSORRT in providers:
+        return None
+    return (f"--ort-cuda-ep tensorrt: this ONNX Runtime lists no {TENSORRT} (providers: "
+            f"{', '.join(providers) or 'none'}); it ships in onnxruntime-gpu (pip install 'resnet18-bench[gpu]') "
+            f"and loads TensorRT 10's libraries (pip install tensorrt); or drop --ort-cuda-ep")
 
 
 # Static int8 as ONNX Runtime's own quantizer writes it. Measured on the CIFAR-10 reference, batch 1,

@@ -17,6 +17,8 @@ class TorchScriptRuntime(Runtime):
     run_order = 10
     int8_module_per_shape = True
     cuda_int8_refusal = TORCH_AO_NO_CUDA_INT8
+    note = ("deprecated by PyTorch: torch 2.14 warns on every torch.jit.trace/freeze/save/load and points to "
+            "torch.export; kept because deployed LibTorch programs still load it (successor here: aotinductor)")
 
     def load(self, req: LoadRequest) -> Handle:
         dev = req.device.torch_device
