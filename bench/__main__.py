@@ -1,8 +1,10 @@
-"""Command line: ``python -m bench report render|merge ...``.
+"""Command line: ``python -m bench report render|merge|combine ...`` and ``python -m bench gate``.
 
     python -m bench report render reports/cifar10-x86.json [-o reports/]
     python -m bench report merge a.json b.json -o docs/RESULTS.md [--claims] [--allow-mixed]
     python -m bench report combine shard1.json shard2.json ... -o results.json
+    python -m bench gate results.json [--baseline-dir baselines/] [--gate-config pyproject.toml]
+    python -m bench compare A.json B.json [C.json ...] [--format text|md] [--fail-on slower,worse]
 
 Bad input (missing file, invalid JSON, results that must not be merged) prints
 ``error: <message>`` on stderr and exits 2, with nothing written.
@@ -17,6 +19,8 @@ from compress.errors import UserError
 from compress.fsutil import atomic_write_bytes
 
 EXIT_USER_ERROR = 2  # the same code argparse uses for a bad command line
+EXIT_REGRESSION = 1  # what pytest returns when a gate item fails
+DEFAULT_GATE_CONFIG = Path("pyproject.toml")
 
 
 def _load(path: Path) -> dict:
@@ -56,6 +60,65 @@ def _combine(args: argparse.Namespace) -> None:
     print(args.output)
 
 
+def gate_exit_code(findings: list[dict], latency_gate: str = "fail", baseline_missing: str = "fail") -> int:
+    """Pure: the exit status the gate's findings give, by the same rules as the pytest items: a
+    regression fails (latency ones only under --latency-gate fail), an item with no baseline fails
+    under --baseline-missing fail."""
+    for f in findings:
+        if f["verdict"] == "regression" and (latency_gate == "fail" or "latency" not in str(f.get("check"))):
+            return EXIT_REGRESSION
+        if f["verdict"] == "new" and baseline_missing == "fail":
+            return EXIT_REGRESSION
+    return 0
+
+
+def _gate(args: argparse.Namespace) -> int:
+    from bench.baselines import BaselineStore
+    from bench.config import load_gate_config
+    from bench.gate import format_summary, run_gate
+
+    results = _load(args.results)
+    config = load_gate_config(args.gate_config, required=args.gate_config != DEFAULT_GATE_CONFIG)
+    store = BaselineStore(args.baseline_dir)
+    store.load(results["dataset"]["id"], results["device"])  # a damaged baselines file: one line, now
+    gate = run_gate(results, store, config)
+    print(f"baseline: {gate['baseline_file']} (fingerprint {'match' if gate['fingerprint_match'] else 'differs: ratio checks only'}); "
+          f"thresholds: {gate['config_source']}")
+    print(format_summary(gate["findings"]))
+    return gate_exit_code(gate["findings"], args.latency_gate, args.baseline_missing)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from bench.compare import compare, failing, machines_note, render
+
+    if len(args.results) < 2:
+        raise UserError("compare needs two results files or more: A.json B.json [C.json ...]")
+    docs = [_load(p) for p in args.results]  # every file checked before anything is printed
+    status = 0
+    for path, other in zip(args.results[1:], docs[1:]):
+        rows = compare(docs[0], other, allow_mixed=args.allow_mixed, alpha=args.alpha)
+        a, b = args.results[0].name, path.name
+        title = f"B = {path} vs A = {args.results[0]}"
+        note = machines_note(docs[0], other)
+        print(f"## {title}\n" if args.format == "md" else f"{title}\n")
+        if note:
+            print(f"Note: {note}.\n")
+        print(render(rows, a, b, args.format))
+        bad = failing(rows, args.fail_on)
+        counts = {v: sum(r["verdict"] == v for r in rows) for v in ("slower", "faster", "worse", "better")}
+        print("\n" + ", ".join(f"{n} {v}" for v, n in counts.items()) + (f"; failing on {len(bad)}" if bad else "") + "\n")
+        status = status or (EXIT_REGRESSION if bad else 0)
+    return status
+
+
+def _fail_on(text: str) -> set[str]:
+    allowed = {"slower", "worse", "unmatched"}
+    chosen = {t.strip() for t in text.split(",") if t.strip()}
+    if not chosen <= allowed:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(sorted(allowed))}, comma-separated")
+    return chosen
+
+
 def _writing(target: Path, write):
     """Run ``write``; a full disk or a read-only folder is the user's to fix, not a traceback."""
     try:
@@ -93,17 +156,42 @@ def build_parser() -> argparse.ArgumentParser:
     combine.add_argument("results", type=Path, nargs="+", help="every shard's results JSON file, once each")
     combine.add_argument("-o", "--output", type=Path, required=True, help="results JSON file to write")
     combine.set_defaults(func=_combine)
+
+    gate = commands.add_parser(
+        "gate", help="the gate on a stored results file (CI artifacts, other machines): same findings and exit "
+                     "codes as in pytest (0 pass, 1 regression or missing baseline, 2 bad input)")
+    gate.add_argument("results", type=Path, help="results JSON written by `pytest bench/`")
+    gate.add_argument("--baseline-dir", type=Path, default=Path("baselines"), help="default: baselines/")
+    gate.add_argument("--gate-config", type=Path, default=DEFAULT_GATE_CONFIG,
+                      help="the pyproject.toml whose [tool.resnet18-bench.gate] sets the thresholds "
+                           "(default: ./pyproject.toml; built-in defaults when it is absent)")
+    gate.add_argument("--latency-gate", choices=("fail", "report"), default="fail",
+                      help="report: latency regressions are printed but fail nothing")
+    gate.add_argument("--baseline-missing", choices=("fail", "skip"), default="fail",
+                      help="an item with no baseline fails (default) or is only reported")
+    gate.set_defaults(func=_gate)
+
+    cmp = commands.add_parser(
+        "compare", help="matched items of two or more results files side by side, each against the first: "
+                        "'1.23x slower (...)' or 'not significant' after a statistical test")
+    cmp.add_argument("results", type=Path, nargs="+", help="A.json B.json [C.json ...]: B, C... compared with A")
+    cmp.add_argument("--format", choices=("text", "md"), default="text")
+    cmp.add_argument("--fail-on", type=_fail_on, default=set(),
+                     help="exit 1 when a row is slower, worse (top-1) or unmatched (comma list; default: never)")
+    cmp.add_argument("--allow-mixed", action="store_true",
+                     help="compare files of different datasets or checkpoints (latency only)")
+    cmp.add_argument("--alpha", type=float, default=0.01, help="significance level (default: the gate's 0.01)")
+    cmp.set_defaults(func=_compare)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
-    return 0
 
 
 if __name__ == "__main__":

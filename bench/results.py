@@ -36,6 +36,12 @@ REFERENCE = (REFERENCE_VARIANT, REFERENCE_RUNTIME)
 # pyperf's threshold: a series with a coefficient of variation above it is "noisy". The gate
 # config may override it (cv_warn); the gate block records the value in force for the report.
 DEFAULT_CV_WARN = 0.10
+# How far an in-run ratio to the interleaved reference moves between unchanged-tree runs here
+# (docs/PERFORMANCE.md): at most 1.10x for quiet series (cv <= cv_warn), up to 1.25x for noisy
+# ones. Two ratios closer than that are a tie, whatever one run's bootstrap interval says
+# (the report's "which runtime wins", python -m bench compare).
+QUIET_RATIO_SPREAD = 0.10
+NOISY_RATIO_SPREAD = 0.25
 
 _RERUN = "re-run the benchmark to regenerate it"
 

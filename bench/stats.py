@@ -135,3 +135,26 @@ def unpack_bits(s: str, n: int) -> np.ndarray:
     if bits[n:].any():
         raise ValueError("padding bits after the last image are set")
     return bits[:n].astype(bool)
+
+
+def ratio_of_ratios(a_ms: Sequence[float], a_ref_ms: Sequence[float], b_ms: Sequence[float],
+                    b_ref_ms: Sequence[float], n_boot: int = 2000, seed: int = 0,
+                    level: float = 0.95) -> tuple[float, float, float]:
+    """How much slower B is than A, each first divided by the reference it was interleaved with:
+    (point, low, high) of (median(B)/median(B_ref)) / (median(A)/median(A_ref)).
+
+    Items are timed one after the other, so their raw medians differ by the machine's drift too;
+    each one's ratio to its interleaved reference cancels that drift. The interval is a
+    percentile bootstrap over all four series (seeded: the same inputs give the same interval)."""
+    a, ar, b, br = (_as_samples(s, n) for s, n in ((a_ms, "a_ms"), (a_ref_ms, "a_ref_ms"),
+                                                    (b_ms, "b_ms"), (b_ref_ms, "b_ref_ms")))
+
+    def rr(x, xr, y, yr):
+        return (np.median(y, axis=-1) / np.median(yr, axis=-1)) / (np.median(x, axis=-1) / np.median(xr, axis=-1))
+
+    point = float(rr(a, ar, b, br))
+    rng = np.random.default_rng(seed)
+    boots = rr(*(s[rng.integers(0, s.size, size=(n_boot, s.size))] for s in (a, ar, b, br)))
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(boots, [tail, 100 - tail])
+    return point, float(lo), float(hi)

@@ -112,7 +112,9 @@ def train(model: torch.nn.Module, data: Split, card: ModelCard, cfg: TrainConfig
                 total = min(total, step + max(0, int(left / per_step)))
                 warm = min(warm, max(1, int(cfg.warmup_fraction * total)))
             if step % max(1, total // 5) == 0:
-                log(f"  step {step}/{total}  loss {loss_v:.3f}  {time.perf_counter() - t0:.0f}s")
+                spent = time.perf_counter() - t0
+                log(f"  step {step}/{total} (epoch {step / steps_per_epoch:.1f}/{total / steps_per_epoch:.1f})  "
+                    f"loss {loss_v:.3f}  {spent:.0f}s, ~{spent / step * (total - step):.0f}s left")
     model.eval().cpu()
     return {"seconds": round(time.perf_counter() - t0, 1), "steps": total, "epochs": round(total / steps_per_epoch, 2),
             "final_loss": round(loss_v, 4), "batch_size": cfg.batch_size, "micro_batch_size": micro,

@@ -180,6 +180,34 @@ def test_each_variant_is_compared_on_its_fastest_runtime_with_the_fastest_fp32(x
     assert report.best_runtime_frame(x86, "999x999").empty
 
 
+def test_which_runtime_wins_uses_in_run_ratios_and_says_when_it_is_a_tie(x86):
+    from bench.results import NOISY_RATIO_SPREAD, QUIET_RATIO_SPREAD
+
+    wins = report.runtime_wins_frame(x86, "224x224").set_index("variant")
+    lat = report.latency_frame(x86)
+    b1 = lat[(lat["batch_size"] == 1) & (lat["input_size"] == "224x224")]
+    assert not wins.empty
+    for variant, row in wins.iterrows():
+        mine = b1[b1["variant"] == variant].sort_values("ratio_to_reference")
+        assert [row["winner"], row["runner_up"]] == list(mine["runtime"].iloc[:2])
+        expected = mine["ratio_to_reference"].iloc[1] / mine["ratio_to_reference"].iloc[0]
+        assert row["margin"] == pytest.approx(expected, rel=0.02)  # medians of the raw samples
+        assert row["margin_lo"] <= row["margin"] <= row["margin_hi"]
+        floor = 1 + (NOISY_RATIO_SPREAD if mine["noisy"].iloc[:2].any() else QUIET_RATIO_SPREAD)
+        clear = row["margin_lo"] > 1 and row["margin"] > floor
+        assert row["verdict"] == ("clear" if clear else "inside the noise")
+    text = report.render_markdown(x86)
+    assert "### Which runtime wins, 224x224" in text
+
+
+def test_a_runtime_note_is_printed_with_its_table(x86):
+    x86 = copy.deepcopy(x86)
+    x86["options"]["runtime_notes"] = {"onnxruntime": "deprecated by its vendor, say"}
+    text = report.render_markdown(x86)
+    assert "### onnxruntime\n\nNote: onnxruntime is deprecated by its vendor, say." in text
+    assert "Note: eager" not in text
+
+
 def test_recommendation_excludes_the_faster_item_beyond_budget(x86):
     # Make int8-static eager the fastest at 224x224: with its -1.36 pp drop it must still not win.
     for lat in item(x86, "int8-static-eager-x86")["latency"]:

@@ -12,6 +12,7 @@ from bench.stats import (
     mann_whitney_p,
     mcnemar_p,
     pack_bits,
+    ratio_of_ratios,
     unpack_bits,
     wilson_interval,
 )
@@ -170,3 +171,30 @@ def test_pack_unpack_round_trip_property(bits):
 def test_unpack_rejects_mismatched_input(s, n):
     with pytest.raises(ValueError):
         unpack_bits(s, n)
+
+
+# --- ratio_of_ratios (which runtime wins) -----------------------------------------------------
+
+def _series(center: float, n: int = 60, seed: int = 1) -> list[float]:
+    return list(center * (1 + 0.02 * np.random.default_rng(seed).standard_normal(n)))
+
+
+def test_ratio_of_ratios_cancels_drift_between_items():
+    # B ran while the machine was 2x slower (its reference too): relative to their references,
+    # A and B are equally fast, whatever their raw medians say.
+    point, lo, hi = ratio_of_ratios(_series(5), _series(20, seed=2), _series(10, seed=3), _series(40, seed=4))
+    assert point == pytest.approx(1.0, abs=0.02)
+    assert lo < 1 < hi
+
+
+def test_ratio_of_ratios_finds_a_real_margin_with_an_interval_around_it():
+    point, lo, hi = ratio_of_ratios(_series(5), _series(20, seed=2), _series(7.5, seed=3), _series(20, seed=4))
+    assert point == pytest.approx(1.5, rel=0.02)
+    assert 1.4 < lo < point < hi < 1.6
+
+
+def test_ratio_of_ratios_is_deterministic_and_rejects_bad_input():
+    args = (_series(5), _series(20, seed=2), _series(6, seed=3), _series(20, seed=4))
+    assert ratio_of_ratios(*args) == ratio_of_ratios(*args)
+    with pytest.raises(ValueError):
+        ratio_of_ratios([], *args[1:])

@@ -169,7 +169,7 @@ def test_every_job_installs_exactly_one_onnxruntime_extra(wf):
 
 
 def test_setup_defaults_to_the_cpu_build():
-    assert _setup_default_extras().split(",") == ["dev", "cpu"]
+    assert _setup_default_extras().split(",") == ["dev", "cpu", "openvino", "pt2"]
 
 
 def test_onnxruntime_is_only_in_the_cpu_and_gpu_extras():

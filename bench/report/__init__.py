@@ -17,7 +17,7 @@ claim explanations) are stated in the report and live in one module each:
   claims.py    the tutorial's claims (claims.toml) against the measurements
 """
 from .claims import claim_explanations
-from .frames import best_runtime_frame, gate_frame, latency_frame
+from .frames import best_runtime_frame, gate_frame, latency_frame, runtime_wins_frame
 from .markdown import render_markdown, render_report
 from .merging import merge, run_labels
 from .rules import DEFAULT_BUDGET_PP, accuracy_budget, good_for, pareto_front, recommend, summary_frame
@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_BUDGET_PP",
     "accuracy_budget",
     "best_runtime_frame",
+    "runtime_wins_frame",
     "claim_explanations",
     "gate_frame",
     "good_for",

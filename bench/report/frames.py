@@ -13,7 +13,15 @@ import pandas as pd
 
 from compress.errors import UserError
 
-from ..results import REFERENCE_VARIANT, VERDICT_ORDER, cv_warn, is_reference, shape_id
+from ..results import (
+    NOISY_RATIO_SPREAD,
+    QUIET_RATIO_SPREAD,
+    REFERENCE_VARIANT,
+    VERDICT_ORDER,
+    cv_warn,
+    is_reference,
+    shape_id,
+)
 
 MB_BYTES = 1_000_000  # reports say MB = 10^6 bytes, as file managers on Linux/macOS do
 
@@ -129,9 +137,11 @@ def latency_frame(results: dict) -> pd.DataFrame:
                 "reference_id": lat.get("reference_id"),
                 "noisy": is_noisy(lat.get("cv"), cv_limit),
                 "samples_ms": list(lat.get("samples_ms") or []),
+                "reference_samples_ms": list(lat.get("reference_samples_ms") or []),
             })
     cols = ["id", "variant", "runtime", "input_size", "batch_size", "p50_ms", "p90_ms", "p99_ms", "mean_ms",
-            "stdev_ms", "cv", "ratio_to_reference", "speedup", "reference_id", "noisy", "samples_ms"]
+            "stdev_ms", "cv", "ratio_to_reference", "speedup", "reference_id", "noisy", "samples_ms",
+            "reference_samples_ms"]
     return _ordered(results, pd.DataFrame(rows, columns=cols))
 
 
@@ -194,6 +204,35 @@ def best_runtime_frame(results: dict, input_size: str) -> pd.DataFrame:
         df["smaller_than_fp32"] = fp32_size / df["size_mb"]
     df.attrs["bar"] = f"fp32 on {bar['runtime']}, {bar['p50_ms']:.2f} ms"
     return df
+
+
+def runtime_wins_frame(results: dict, input_size: str) -> pd.DataFrame:
+    """Per variant measured on two runtimes or more at batch 1 and ``input_size``: the winner, the
+    runner-up and the margin between them, from each item's ratio to the fp32-eager reference it
+    was interleaved with (machine drift between the two items cancels), with a bootstrap 95%
+    interval. ``clear`` only when the interval excludes a tie and the margin is beyond the
+    between-run spread of such ratios (QUIET_RATIO_SPREAD, or NOISY_RATIO_SPREAD if either
+    series is noisy)."""
+    from ..stats import ratio_of_ratios
+
+    lat = latency_frame(results)
+    b1 = lat[(lat["batch_size"] == 1) & (lat["input_size"] == input_size)]
+    rows = []
+    for variant in _variant_order(b1["variant"]):
+        mine = b1[b1["variant"] == variant].sort_values("ratio_to_reference")
+        if len(mine) < 2 or mine["ratio_to_reference"].isna().any():
+            continue
+        win, second = mine.iloc[0], mine.iloc[1]
+        # The reference item has no separate reference samples: it is its own.
+        point, lo, hi = ratio_of_ratios(win["samples_ms"], win["reference_samples_ms"] or win["samples_ms"],
+                                        second["samples_ms"], second["reference_samples_ms"] or second["samples_ms"])
+        noisy = bool(win["noisy"]) or bool(second["noisy"])
+        floor = 1 + (NOISY_RATIO_SPREAD if noisy else QUIET_RATIO_SPREAD)
+        rows.append({"variant": variant, "winner": win["runtime"], "winner_p50_ms": win["p50_ms"],
+                     "runner_up": second["runtime"], "runner_up_p50_ms": second["p50_ms"],
+                     "margin": point, "margin_lo": lo, "margin_hi": hi, "noise_floor": floor,
+                     "verdict": "clear" if lo > 1 and point > floor else "inside the noise"})
+    return pd.DataFrame(rows)
 
 
 def runtime_frames(results: dict) -> dict[str, pd.DataFrame]:

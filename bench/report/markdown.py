@@ -13,7 +13,7 @@ import pandas as pd
 
 from compress.fsutil import atomic_write_bytes
 
-from ..results import VERDICT_ORDER, cv_warn
+from ..results import NOISY_RATIO_SPREAD, QUIET_RATIO_SPREAD, VERDICT_ORDER, cv_warn
 from .frames import (
     _check_shape,
     _ok_items,
@@ -28,6 +28,7 @@ from .frames import (
     noisy_frame,
     problems_frame,
     runtime_frames,
+    runtime_wins_frame,
     size_title,
 )
 from .plots import accuracy_latency_png, latency_box_png
@@ -277,6 +278,29 @@ def _best_runtime_table(df: pd.DataFrame) -> pd.DataFrame:
     })
 
 
+def _runtime_wins_lines(results: dict) -> list[str]:
+    lines = []
+    for size in input_sizes(results):
+        wins = runtime_wins_frame(results, size)
+        if wins.empty:
+            continue
+        table = pd.DataFrame({
+            "Variant": wins["variant"], "Winner": wins["winner"], "b1 p50 ms": [_f(x, ".2f") for x in wins["winner_p50_ms"]],
+            "Runner-up": wins["runner_up"], "Runner-up p50 ms": [_f(x, ".2f") for x in wins["runner_up_p50_ms"]],
+            "Margin": [f"{m:.2f}x [{lo:.2f}, {hi:.2f}]" for m, lo, hi in
+                       zip(wins["margin"], wins["margin_lo"], wins["margin_hi"])],
+            "Verdict": [v if v == "clear" else f"{v} (< {f:.2f}x)" if m <= f else f"{v} (interval reaches 1)"
+                        for v, m, f in zip(wins["verdict"], wins["margin"], wins["noise_floor"])],
+        })
+        lines += ["", f"### Which runtime wins, {size_title(results, size)}", "",
+                  "Per variant, batch 1: margin = how much slower the runner-up is, from each item's ratio to the "
+                  "fp32-eager reference it was interleaved with (drift between the two items cancels), with a "
+                  f"bootstrap 95% interval. \"clear\" needs the interval above 1 and a margin beyond the between-run "
+                  f"spread of such ratios ({1 + QUIET_RATIO_SPREAD:.2f}x; {1 + NOISY_RATIO_SPREAD:.2f}x where either "
+                  "series is noisy).", "", _md(table)]
+    return lines
+
+
 # --- the report files ----------------------------------------------------------------------
 
 def _slug(text: str) -> str:
@@ -306,6 +330,7 @@ def render_markdown(results: dict, plot_paths: dict[str, str] | None = None) -> 
                   f"Against the fastest fp32 runtime of this run ({best.attrs['bar']}): the bar a "
                   "compressed model must beat. Medians of separate items, not interleaved: read "
                   "differences under ~20% as noise.", "", _md(_best_runtime_table(best))]
+    lines += _runtime_wins_lines(results)
     summary = summary_frame(results, budget_pp)
     lines += ["", "## Summary", "", "One row per measured (variant, runtime).", ""]
     lines += [_md(_summary_table(results, summary)) if not summary.empty else "No item was measured.", ""]
@@ -328,8 +353,10 @@ def render_markdown(results: dict, plot_paths: dict[str, str] | None = None) -> 
     lines += [_md(_problems_table(problems)) if not problems.empty else "None: every item ran.", ""]
 
     lines += ["## Per runtime", ""]
+    notes = results.get("options", {}).get("runtime_notes") or {}
     for runtime, df in runtime_frames(results).items():
-        lines += [f"### {runtime}", "", _md(_runtime_table(df)), ""]
+        lines += [f"### {runtime}", ""] + ([f"Note: {runtime} is {notes[runtime]}.", ""] if runtime in notes else [])
+        lines += [_md(_runtime_table(df)), ""]
     lines += ["## Batch-1 p50 latency (ms) by variant × runtime", ""]
     for size in input_sizes(results):
         pivot = latency_pivot(results, size)

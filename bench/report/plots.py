@@ -71,45 +71,61 @@ def _label_points(ax, texts: list[str], points: list[tuple[float, float]], fonts
 
 
 def accuracy_latency_png(results: dict, input_size: str, budget_pp: float) -> bytes:
+    """Top-1 against batch-1 p50. One colour and marker per runtime; each point is labelled with its
+    variant's number (the key on the right names them), since five runtimes put five points of
+    one variant side by side and full names would overlap. The shaded band is the accuracy budget
+    under fp32; the dotted vertical line is the fastest fp32 runtime, the bar to beat."""
     import matplotlib.style
+    from matplotlib.lines import Line2D
 
     items = items_frame(results).set_index("id")
     lat = latency_frame(results)
     b1 = lat[(lat["batch_size"] == 1) & (lat["input_size"] == input_size)]
     b1 = b1[[_present(items.at[i, "top1_pct"]) for i in b1["id"]]]
     runtimes = _runtime_order(results, b1["runtime"])
+    number = {v: n for n, v in enumerate(dict.fromkeys(b1["variant"]), start=1)}
     with matplotlib.style.context("default"):  # ignore the user's matplotlibrc: same image everywhere
-        fig = _figure(7.5, 4.8)
+        fig = _figure(9.5, 5.2)
         ax = fig.add_subplot()
         for k, runtime in enumerate(runtimes):
             pts = b1[b1["runtime"] == runtime]
             acc = items.loc[pts["id"]]
             ax.errorbar(pts["p50_ms"], acc["top1_pct"],
                         yerr=[acc["top1_pct"] - acc["ci_lo_pct"], acc["ci_hi_pct"] - acc["top1_pct"]],
-                        fmt=RUNTIME_MARKERS[k % len(RUNTIME_MARKERS)], color=f"C{k}", markersize=8,
-                        capsize=3, label=runtime, linestyle="none")
+                        fmt=RUNTIME_MARKERS[k % len(RUNTIME_MARKERS)], color=f"C{k}", markersize=7,
+                        capsize=2, elinewidth=0.8, label=runtime, linestyle="none")
         points = [(r.p50_ms, items.at[r.id, "top1_pct"]) for r in b1.itertuples()]
         front = pareto_front(points)
         if front:
-            ax.scatter([points[i][0] for i in front], [points[i][1] for i in front], s=220, facecolors="none",
+            ax.scatter([points[i][0] for i in front], [points[i][1] for i in front], s=200, facecolors="none",
                        edgecolors="0.3", linewidths=1, label="Pareto optimal", zorder=3)
         if len(front) > 1:
             ax.step([points[i][0] for i in front], [points[i][1] for i in front], where="post",
                     color="0.4", linestyle="--", linewidth=1, label="Pareto front")
         ref = _reference_item(results)
         if ref is not None and ref.get("accuracy"):
-            ax.axhline(ref["accuracy"]["top1"] * 100 - budget_pp, color="C3", linestyle=":", linewidth=1,
-                       label=f"fp32 − {budget_pp:g} pp budget")
+            top = ref["accuracy"]["top1"] * 100
+            ax.axhspan(top - budget_pp, top, color="C2", alpha=0.12, linewidth=0,
+                       label=f"within {budget_pp:g} pp of fp32")
+        fp32 = b1[b1["variant"] == "fp32"]
+        if not fp32.empty:
+            bar = fp32.loc[fp32["p50_ms"].idxmin()]
+            ax.axvline(bar["p50_ms"], color="0.3", linestyle=":", linewidth=1,
+                       label=f"fastest fp32 ({bar['runtime']})")
         ax.set_xscale("log")
         _plain_log_ticks(ax.xaxis)
-        ax.margins(x=0.12, y=0.08)  # room for the labels of the outermost points
-        _label_points(ax, [r.variant for r in b1.itertuples()], points, fontsize=8)
+        ax.margins(x=0.08, y=0.08)
+        _label_points(ax, [str(number[r.variant]) for r in b1.itertuples()], points, fontsize=7)
         ax.set_xlabel(f"batch-1 p50 latency at {input_size} (ms, log scale)")
         ax.set_ylabel(f"top-1 accuracy at {native_size(results)} (%)")
         ax.set_title(f"{results['dataset'].get('name', '')} on {results['device']}: accuracy vs latency "
                      f"at {size_title(results, input_size)}", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+        # Both keys outside the axes: inside, they would cover points of a crowded run.
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside right lower", fontsize=8)
+        key = [Line2D([], [], linestyle="none", label=f"{n}  {v}") for v, n in number.items()]
+        fig.legend(handles=key, loc="outside right upper", fontsize=8, title="variant", title_fontsize=8,
+                   handlelength=0, handletextpad=0, frameon=False)
         return _png_bytes(fig)
 
 
