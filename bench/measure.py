@@ -101,6 +101,39 @@ def _switch_to(fn: Callable[[], Any], sync, spec: LatencySpec, settled_ms: float
             return
 
 
+@dataclass(frozen=True)
+class QuietSpec:
+    """Before a confirmation measurement: call the reference until the median of its last
+    ``window`` calls is within ``settle`` of its p50 measured earlier in the run, for at most
+    ``max_time_s`` (another job's burst on the machine usually passes within seconds)."""
+    window: int = 5
+    settle: float = 1.25
+    max_time_s: float = 20.0
+
+
+def wait_until_quiet(fn: Callable[[], Any], sync, quiet_ms: float, spec: QuietSpec = QuietSpec()) -> dict:
+    """Returns how long it waited, the last window's median and whether it came back within
+    ``spec.settle`` of ``quiet_ms``."""
+    t0 = time.perf_counter()
+    hist: list[float] = []
+    while True:
+        hist.append(_timed(fn, sync))
+        recent = float(np.median(hist[-spec.window:]))
+        quiet = len(hist) >= spec.window and recent <= spec.settle * quiet_ms
+        waited = time.perf_counter() - t0
+        if quiet or waited >= spec.max_time_s:
+            return {"waited_s": round(waited, 3), "median_ms": round(recent, 5), "quiet": quiet}
+
+
+class _SelfTimed:
+    """Stands in for pytest-benchmark's fixture where it cannot be used (it times one call of
+    ``pedantic`` per item; a confirmation measurement is a second): the same rounds, timed here."""
+    disabled = True
+
+
+SELF_TIMED = _SelfTimed()
+
+
 def measure_latency(benchmark, run: Callable[[Any], Any], inputs: list[Any], sync: Callable[[], None],
                     spec: LatencySpec, reference: Callable[[Any], Any] | None = None,
                     ref_inputs: list[Any] | None = None) -> dict:

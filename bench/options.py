@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compress.argtypes import fail, nonneg_float, positive_float, positive_int
+from compress.argtypes import fail, nonneg_float, nonneg_int, positive_float, positive_int
 from compress.data import DEFAULT_CACHE_MAX_GB
 
 from .devices import DEVICE_CHOICES
@@ -102,6 +102,7 @@ class BenchOptions:
     baseline_missing: str
     gate: bool
     latency_gate: str = "fail"
+    latency_retries: int = 2
     gate_config: Path | None = None  # --gate-config: this file must exist
     project_root: Path | None = None  # pytest's rootdir: its pyproject.toml configures the gate if it has one
     # runtime name -> {option dest: value}: each runtime's own options (RuntimeOption)
@@ -164,6 +165,9 @@ def add_options(parser) -> None:
     g.addoption("--no-gate", action="store_true", help="measure and report only; compare nothing")
     g.addoption("--latency-gate", default="fail", choices=("fail", "report"),
                 help="latency regressions fail their item (default) or are only reported")
+    g.addoption("--latency-retries", type=nonneg_int, default=2,
+                help="a latency item that regresses is measured again, up to this many times, and fails "
+                     "only if the last measurement regresses too; every attempt is recorded (default 2, 0: never)")
     g.addoption("--shard", type=shard_spec, default=None,
                 help="K/N: measure only shard K of N of the (variant, runtime) matrix (fp32 eager in every "
                      "shard); each shard writes its own results file, `python -m bench report combine` joins them")
@@ -192,7 +196,8 @@ def read_options(config) -> BenchOptions:
         min_time_s=o("--min-time"), report_dir=o("--report-dir") or root / "reports",
         baseline_dir=o("--baseline-dir") or root / "baselines",
         update_baselines=o("--update-baselines"), baseline_missing=o("--baseline-missing"),
-        gate=not o("--no-gate"), latency_gate=o("--latency-gate"), gate_config=o("--gate-config"),
+        gate=not o("--no-gate"), latency_gate=o("--latency-gate"),
+        latency_retries=o("--latency-retries"), gate_config=o("--gate-config"),
         project_root=root,
         runtime_options={rt.name: {opt.dest: o(opt.flag) for opt in rt.options} for rt in runtimes().values()},
         finetune_samples=o("--finetune-samples"), finetune_minutes=o("--finetune-minutes"),

@@ -135,10 +135,8 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
-def gate_item(bench_session, case, test_name: str, shape=None) -> None:
-    """Compare what this item just measured with the baseline; fail the item on a regression."""
-    if not bench_session.opts.gate or bench_session.opts.update_baselines:
-        return
+def _item_findings(bench_session, case, test_name: str, shape=None) -> list[dict]:
+    """The gate's findings on this item's own metric (and shape)."""
     from .gate import check_item
 
     results = bench_session.results()
@@ -147,9 +145,44 @@ def gate_item(bench_session, case, test_name: str, shape=None) -> None:
     # Judge only this test's metric (and shape): latency entries of other shapes are not ours.
     view = dict(item, latency=[e for e in item["latency"] if shape is None or tuple(e["input_size"]) == tuple(shape)])
     found = [f.to_dict() for f in check_item(view, results, same, other, bench_session.gate_config, why)]
-    mine = [f for f in found if f["check"] in METRIC_CHECKS[test_name]
+    return [f for f in found if f["check"] in METRIC_CHECKS[test_name]
             and (test_name != "test_latency" or f["shape"] is not None)
             and (test_name != "test_size" or f["check"] != "baseline" or f["shape"] is None)]
+
+
+def _gating(bench_session) -> bool:
+    return bench_session.opts.gate and not bench_session.opts.update_baselines
+
+
+def confirm_latency(bench_session, case, shape) -> None:
+    """Measure a regressed latency item again before it fails: a few seconds of another job on a
+    shared 2-core machine can slow the candidate's blocks and not the reference's (a CI run here
+    read prune-struct-0.5+int8 on TorchScript at 19.8 ms, p50, against 1.8 ms recorded: min 3.4 ms,
+    IQR 18 ms, a bimodal series). A real regression regresses again; a burst rarely lands twice.
+    So first wait (bounded) until the reference runs at its own pace again, then measure; the
+    confirmation replaces the figure and the discarded one stays in the results with why."""
+    if not _gating(bench_session) or bench_session.opts.latency_gate == "report":
+        return
+    retries = bench_session.opts.latency_retries
+    for attempt in range(1, retries + 1):
+        regressed = [f["message"] for f in _item_findings(bench_session, case, "test_latency", shape)
+                     if f["verdict"] == "regression"]
+        if not regressed:
+            return
+        quiet = bench_session.wait_until_quiet(case, shape)
+        waited = "" if quiet is None else (
+            f", after {quiet['waited_s']:.1f}s for the machine to go quiet"
+            + ("" if quiet["quiet"] else f" (it did not: the reference still reads {quiet['median_ms']:.2f} ms)"))
+        bench_session.log(f"{case.id} {shape[0]}x{shape[1]}: regressed ({regressed[0].splitlines()[0]}); "
+                          f"measuring again ({attempt}/{retries}){waited}")
+        bench_session.measure_latency(case, shape, discard_why="; ".join(regressed))
+
+
+def gate_item(bench_session, case, test_name: str, shape=None) -> None:
+    """Compare what this item just measured with the baseline; fail the item on a regression."""
+    if not _gating(bench_session):
+        return
+    mine = _item_findings(bench_session, case, test_name, shape)
     regressions = [f["message"] for f in mine if f["verdict"] == "regression"]
     if test_name == "test_latency" and bench_session.opts.latency_gate == "report":
         regressions = []  # --latency-gate report: still in the findings, summary and report; fails nothing

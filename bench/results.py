@@ -234,6 +234,13 @@ _LATENCY = obj({
     "reference_p50_ms": optional(_MS),
     "reference_block": optional(integer(min_value=1)),
     "ratio_to_reference": optional(number(**_NONNEG)),
+    # Earlier measurements of this shape that the gate found regressed and measured again
+    # (--latency-retries): kept so the report can say the figure above is a confirmation.
+    "discarded_attempts": optional(list_of(obj({
+        "p50_ms": _MS, "cv": number(**_NONNEG),
+        "reference_p50_ms": optional(_MS), "ratio_to_reference": optional(number(**_NONNEG)),
+        "why": string(),
+    }))),
 })
 
 _THROUGHPUT = obj({

@@ -246,7 +246,13 @@ class BenchSession:
         x = self._inputs[key]
         return [h.prepare(x[i * batch:(i + 1) * batch]) for i in range(n)]
 
-    def measure_latency(self, case: Case, size: tuple[int, int], benchmark) -> dict:
+    def measure_latency(self, case: Case, size: tuple[int, int], benchmark=None,
+                        discard_why: str | None = None) -> dict:
+        """Time ``case`` at ``size``, batch 1, interleaved with the fp32 eager reference. With
+        ``benchmark`` (pytest-benchmark's fixture, usable once per item) its pedantic mode does the
+        timing; without it, the same loop is timed here (a confirmation after a regression).
+        ``discard_why``: this replaces an earlier measurement of the shape, which is kept, with the
+        reason, under ``discarded_attempts``."""
         h = self.handle(case, shape=(*size, 1))
         ref_case = Case(*REFERENCE, case.device)
         is_ref = case == ref_case
@@ -254,15 +260,38 @@ class BenchSession:
         spec = measure.LatencySpec(min_samples=self.opts.min_samples, min_time_s=self.opts.min_time_s,
                                    floor_samples=min(30, self.opts.min_samples))
         rec = measure.measure_latency(
-            benchmark, h.run, self.latency_inputs(case, size), self.device.sync, spec,
+            benchmark if benchmark is not None else measure.SELF_TIMED, h.run,
+            self.latency_inputs(case, size), self.device.sync, spec,
             reference=None if is_ref else ref_h.run,
             ref_inputs=None if is_ref else self.latency_inputs(ref_case, size))
         rec = {"input_size": list(size), "batch_size": 1, **rec, "reference_id": None if is_ref else ref_case.id}
         if is_ref:
             rec.update(reference_samples_ms=None, reference_p50_ms=rec["p50_ms"], ratio_to_reference=1.0)
         item = self.item(case)
+        if discard_why is not None:
+            for old in (e for e in item["latency"] if e["input_size"] == list(size)):
+                rec["discarded_attempts"] = [*(old.get("discarded_attempts") or []), {
+                    "p50_ms": old["p50_ms"], "cv": old["cv"], "reference_p50_ms": old.get("reference_p50_ms"),
+                    "ratio_to_reference": old.get("ratio_to_reference"), "why": discard_why}]
         item["latency"] = [e for e in item["latency"] if e["input_size"] != list(size)] + [rec]
         return rec
+
+    def wait_until_quiet(self, case: Case, size: tuple[int, int]) -> dict | None:
+        """Before measuring ``case`` again: wait until the fp32 eager reference runs about as fast
+        as it did when it was measured in this run (None: it has not been measured at ``size``)."""
+        ref_case = Case(*REFERENCE, case.device)
+        ref_item = self.items.get(ref_case.id) or {}
+        ref = next((e for e in ref_item.get("latency") or [] if e["input_size"] == list(size)), None)
+        if ref is None:
+            return None
+        h, inputs = self.handle(ref_case), self.latency_inputs(ref_case, size)
+        state = {"i": 0}
+
+        def call() -> None:
+            state["i"] += 1
+            h.run(inputs[state["i"] % len(inputs)])
+
+        return measure.wait_until_quiet(call, self.device.sync, ref["p50_ms"])
 
     def measure_throughput(self, case: Case, size: tuple[int, int]) -> dict:
         bs = max(self.opts.batch_sizes)
@@ -306,6 +335,7 @@ class BenchSession:
                         "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
                         "torch_imported_before_bench": TORCH_PRELOADED,
                         "latency_block": measure.LatencySpec.block,
+                        "latency_retries": self.opts.latency_retries,
                         "finetune_samples": self.opts.finetune_samples,
                         "finetune_minutes": self.opts.finetune_minutes, "cache_max_gb": self.opts.cache_max_gb,
                         "shard": list(self.opts.shard) if self.opts.shard else None},

@@ -19,6 +19,16 @@ def positive_int(s: str) -> int:
     return v
 
 
+def nonneg_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        fail(f"expected an integer >= 0, got {s!r}")
+    if v < 0:
+        fail(f"expected an integer >= 0, got {v}")
+    return v
+
+
 def nonneg_float(s: str) -> float:
     try:
         v = float(s)

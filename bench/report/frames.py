@@ -173,6 +173,20 @@ def problems_frame(results: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["id", "status", "reason"])
 
 
+def remeasured_frame(results: dict) -> pd.DataFrame:
+    """One row per discarded latency attempt (``--latency-retries``): the figure the gate found
+    regressed, why, and the figure kept in its place."""
+    rows = [{"id": it["id"], "input_size": shape_id(lat["input_size"]), "attempt": k + 1,
+             "p50_ms": old["p50_ms"], "ratio_to_reference": old.get("ratio_to_reference"),
+             "reference_p50_ms": old.get("reference_p50_ms"), "why": old["why"],
+             "kept_p50_ms": lat["p50_ms"], "kept_ratio_to_reference": lat.get("ratio_to_reference")}
+            for it in _ok_items(results) for lat in it.get("latency") or []
+            for k, old in enumerate(lat.get("discarded_attempts") or [])]
+    cols = ["id", "input_size", "attempt", "p50_ms", "ratio_to_reference", "reference_p50_ms", "why",
+            "kept_p50_ms", "kept_ratio_to_reference"]
+    return pd.DataFrame(rows, columns=cols)
+
+
 def noisy_frame(results: dict) -> pd.DataFrame:
     """The latency rows with cv above the run's cv_warn."""
     lat = latency_frame(results)

@@ -27,6 +27,7 @@ from .frames import (
     native_size,
     noisy_frame,
     problems_frame,
+    remeasured_frame,
     runtime_frames,
     runtime_wins_frame,
     size_title,
@@ -221,6 +222,16 @@ def _gate_table(gate: pd.DataFrame) -> pd.DataFrame:
     })
 
 
+def _remeasured_table(df: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "Item": df["id"], "Shape": df["input_size"], "Attempt": df["attempt"],
+        "Discarded p50 ms": df["p50_ms"].map(lambda x: _f(x, ".2f")),
+        "Reference p50 ms": df["reference_p50_ms"].map(lambda x: _f(x, ".2f")),
+        "Kept p50 ms": df["kept_p50_ms"].map(lambda x: _f(x, ".2f")),
+        "Why": df["why"].map(lambda w: w.replace("\n", "; ")),
+    })
+
+
 def _noisy_lines(results: dict) -> list[str]:
     noisy = noisy_frame(results)
     if noisy.empty:
@@ -348,6 +359,12 @@ def render_markdown(results: dict, plot_paths: dict[str, str] | None = None) -> 
         lines += [_md(_gate_table(gate)) if not gate.empty else "The gate ran and reported no findings.", ""]
 
     lines += [f"## Noisy samples (cv > {cv_warn(results):g})", "", *_noisy_lines(results), ""]
+    remeasured = remeasured_frame(results)
+    if not remeasured.empty:
+        lines += ["## Latencies measured again", "",
+                  "The gate found these regressed and measured them again (--latency-retries) after waiting for "
+                  "the machine to go quiet; the tables above show the last measurement, which the gate judged.", "",
+                  _md(_remeasured_table(remeasured)), ""]
     problems = problems_frame(results)
     lines += ["## Skipped and errored items", ""]
     lines += [_md(_problems_table(problems)) if not problems.empty else "None: every item ran.", ""]
