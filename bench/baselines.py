@@ -8,10 +8,12 @@ as a reviewable git diff::
      "entries": {"<fingerprint>": {"checkpoint_sha256": ..., "recorded_utc": ..., "commit": ...,
                                    "items": {"<item id>": {...}}}}}
 
-Entries are keyed by machine fingerprint (arch | CPU model or GPU name | threads). Unlike
-pytest-benchmark's machine id, the architecture is part of it: absolute latencies from an
-x86 and an aarch64 runner are never compared. An entry from another fingerprint is still
-useful for the machine-independent checks (ratio to the in-run reference, accuracy, size).
+Entries are keyed by machine fingerprint (bench/devices.py: device class, CPU identity and
+kernel-relevant ISA features or GPU and CUDA stack, cores, threads). Unlike pytest-benchmark's
+machine id, the architecture is part of it: absolute latencies from an x86 and an aarch64 runner
+are never compared. An entry from another fingerprint is still useful for the machine-independent
+checks (ratio to the in-run reference, accuracy, size). ``FINGERPRINT_RULES`` says which entry a
+run is compared with and what each kind of match allows; the gate block records the rule applied.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from typing import Any
 from compress.errors import UserError
 from compress.fsutil import atomic_write_bytes, dumps_json, sweep_stale_temps
 
+from .devices import LEGACY_FINGERPRINT_FORMAT, fingerprint_format, legacy_fingerprint
 from .results import (
     check_fields,
     check_schema_version,
@@ -166,6 +169,16 @@ def _fmt_top1(acc: dict | None) -> str:
     return "not measured" if acc is None else f"{acc['top1']:.2%}"
 
 
+FINGERPRINT_RULES = {
+    "exact": "recorded under this machine's fingerprint: every check, absolute latency included",
+    "legacy": ("recorded under the first fingerprint format (device, CPU model string, threads), whose "
+               "string this machine shares; that string does not tell CPU generations apart (two "
+               "'AMD EPYC' VMs ran one item at 17.2 and 8.9 ms), so: accuracy, size and in-run "
+               "latency ratios, no absolute latency"),
+    "other": "recorded on another machine: accuracy, size and in-run latency ratios, no absolute latency",
+}
+
+
 def _describe_changes(item_id: str, old: dict | None, new: dict) -> list[str]:
     """Human-readable lines, only for values that change at the precision shown."""
     if old is None:
@@ -235,18 +248,24 @@ class BaselineStore:
     def lookup_with_notes(self, results: dict) -> tuple[dict | None, dict | None, list[str]]:
         """(entry for this machine's fingerprint, the newest entry from another fingerprint, notes).
 
-        Entries carry an extra "fingerprint" key. Either entry is None when absent or recorded
-        with another checkpoint; only the first may be used for absolute latency. The notes say
-        why a stored entry was not usable."""
+        Entries carry two extra keys: "fingerprint" and "rule" (a ``FINGERPRINT_RULES`` key).
+        Either entry is None when absent or recorded with another checkpoint; only the first may
+        be used for absolute latency. The second is, in this order of preference, an entry keyed
+        by the first, coarser fingerprint format that equals this machine's string in that format
+        ("legacy"), else the most recent entry of another machine ("other"). The notes say why a
+        stored entry was not usable."""
         path = self.path_for_results(results)
         doc = self.load(results["dataset"]["id"], results["device"])
         if doc is None:
             return None, None, self._sibling_notes(results["dataset"]["id"], results["device"])
         fingerprint = results["fingerprint"]
+        legacy = (legacy_fingerprint(results["device"], results.get("machine_info") or {})
+                  if fingerprint_format(fingerprint) > LEGACY_FINGERPRINT_FORMAT else None)
         sha = results["checkpoint"]["sha256"]
         notes = []
         same = None
         others = []
+        legacies = []
         for fp, entry in sorted(doc["entries"].items()):
             if entry["checkpoint_sha256"] != sha:
                 # Different weights: every number in the entry is about another model.
@@ -256,13 +275,14 @@ class BaselineStore:
                     f"{entry['checkpoint_sha256'][:12]}, this run used {sha[:12]}; not "
                     "comparable, treated as missing (re-record the baseline)")
                 continue
-            tagged = {**entry, "fingerprint": fp}
             if fp == fingerprint:
-                same = tagged
+                same = {**entry, "fingerprint": fp, "rule": "exact"}
+            elif fp == legacy:
+                legacies.append({**entry, "fingerprint": fp, "rule": "legacy"})
             else:
-                others.append(tagged)
+                others.append({**entry, "fingerprint": fp, "rule": "other"})
         # Most recent other machine: the likeliest to share library versions with this run.
-        other = max(others, key=lambda e: e["recorded_utc"], default=None)
+        other = max(legacies or others, key=lambda e: e["recorded_utc"], default=None)
         return same, other, notes
 
     def _sibling_notes(self, dataset_id: str, device: str) -> list[str]:

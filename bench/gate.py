@@ -329,6 +329,9 @@ def run_gate(results: dict, store: BaselineStore, config: GateConfig) -> dict:
     return {
         "baseline_file": str(store.path_for_results(results)),
         "fingerprint_match": same is not None,
+        # Which stored entry the run was compared with and under which rule (FINGERPRINT_RULES).
+        "baseline_fingerprint": compared["fingerprint"] if compared is not None else None,
+        "fingerprint_rule": compared["rule"] if compared is not None else None,
         # The default budget, so the report can say what "within budget" meant without
         # reading pyproject; per-variant budgets are each accuracy_budget finding's limit.
         "accuracy_budget_pp": config.accuracy_budget_pp,

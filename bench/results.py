@@ -305,6 +305,9 @@ RESULTS_FIELDS: dict[str, Field] = {
         "gpu_name": optional(string()), "gpu_driver": optional(string()),
         "cuda_version": optional(string()), "os": optional(string()),
         "python": optional(string()), "emulated": optional(string()),
+        # bench/devices.py: cpu_identity and gpu_identity (absent in files from before them)
+        "cpu": optional(obj({"features": list_of(string())}, )),
+        "gpu": optional(obj({"name": string()})),
     }),
     "fingerprint": string(min_len=1),
     "versions": map_of(optional(string())),
@@ -326,6 +329,8 @@ RESULTS_FIELDS: dict[str, Field] = {
     "gate": optional(obj({
         "baseline_file": optional(string()),
         "fingerprint_match": optional(boolean()),
+        "baseline_fingerprint": optional(string()),
+        "fingerprint_rule": optional(string(choices=("exact", "legacy", "other"))),
         "accuracy_budget_pp": optional(number(min_value=0)),
         "cv_warn": optional(number(min_value=0)),
         "config_source": optional(string()),

@@ -163,23 +163,24 @@ def test_cpu_model_falls_back_to_proc_cpuinfo_when_cpuinfo_fails(monkeypatch):
     assert isinstance(model, str) and model.strip() == model and model
 
 
-def test_fingerprint_of_a_cpu_names_kind_cpu_model_and_threads():
-    info = machine_info(Device("x86", "cpu"), threads=3)
-    fp = fingerprint(Device("x86", "cpu"), info)
-    assert fp.startswith("x86|")
-    assert info["cpu_model"] in fp
-    assert "threads=3" in fp
+def test_fingerprint_of_this_cpu_names_kind_model_identity_and_threads():
+    dev = Device(devices.host_arch(), "cpu")
+    info = machine_info(dev, threads=3)
+    fp = fingerprint(dev, info)
+    assert fp.startswith(f"v2|{dev.kind}|{info['cpu_model']}|")
+    assert fp.endswith("|threads=3")
+    assert set(info["cpu"]) >= {"features", "l2_kb", "l3_kb"}
 
 
 def test_fingerprint_of_a_gpu_names_the_gpu_not_the_cpu():
     info = {"cpu_model": "AMD EPYC 9R14", "gpu_name": "NVIDIA H200", "threads": 8}
     fp = fingerprint(Device("cuda", "cuda"), info)
-    assert fp == "cuda|NVIDIA H200|threads=8"
+    assert fp.startswith("v2|cuda|NVIDIA H200|") and "EPYC" not in fp
 
 
 def test_fingerprint_changes_with_threads():
     # Latencies measured with 1 and 2 threads are not comparable: different fingerprints.
-    base = {"cpu_model": "X", "gpu_name": None}
+    base = {"cpu_model": "X", "gpu_name": None, "cpu": {"features": []}}
     dev = Device("x86", "cpu")
     assert fingerprint(dev, {**base, "threads": 1}) != fingerprint(dev, {**base, "threads": 2})
 

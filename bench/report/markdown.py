@@ -13,6 +13,7 @@ import pandas as pd
 
 from compress.fsutil import atomic_write_bytes
 
+from ..baselines import FINGERPRINT_RULES
 from ..results import NOISY_RATIO_SPREAD, QUIET_RATIO_SPREAD, VERDICT_ORDER, cv_warn
 from .frames import (
     _check_shape,
@@ -222,6 +223,15 @@ def _gate_table(gate: pd.DataFrame) -> pd.DataFrame:
     })
 
 
+def _fingerprint_rule_text(gate: dict) -> str:
+    rule = gate.get("fingerprint_rule")
+    if rule is None:  # files from before the rule was recorded
+        return ("" if gate.get("fingerprint_match", True) else
+                " WARNING: the baseline comes from a machine with a different fingerprint; latency "
+                "verdicts compare different hardware.")
+    return f" Compared with the entry of `{gate.get('baseline_fingerprint')}`, {FINGERPRINT_RULES[rule]}."
+
+
 def _remeasured_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "Item": df["id"], "Shape": df["input_size"], "Attempt": df["attempt"],
@@ -352,10 +362,7 @@ def render_markdown(results: dict, plot_paths: dict[str, str] | None = None) -> 
         lines += ["Gate not run: this results file has no gate findings.", ""]
     else:
         g = results["gate"]
-        lines += [f"Baseline: `{g.get('baseline_file') or NA}`."
-                  + ("" if g.get("fingerprint_match", True) else
-                     " WARNING: the baseline comes from a machine with a different fingerprint; latency "
-                     "verdicts compare different hardware."), ""]
+        lines += [f"Baseline: `{g.get('baseline_file') or NA}`." + _fingerprint_rule_text(g), ""]
         lines += [_md(_gate_table(gate)) if not gate.empty else "The gate ran and reported no findings.", ""]
 
     lines += [f"## Noisy samples (cv > {cv_warn(results):g})", "", *_noisy_lines(results), ""]

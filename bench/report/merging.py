@@ -15,6 +15,7 @@ import pandas as pd
 
 from compress.errors import UserError
 
+from ..devices import machine_label
 from ..results import VERDICT_ORDER, cv_warn
 from .claims import claims_section
 from .frames import (
@@ -45,13 +46,15 @@ from .markdown import (
 from .rules import accuracy_budget, recommend
 
 
-def _label(fingerprint: str) -> str:
-    return fingerprint.replace("|", " · ")
+def _label(results: dict) -> str:
+    if results.get("machine_info"):
+        return machine_label(results["device"], results["machine_info"])
+    return (results.get("fingerprint") or results["device"]).replace("|", " · ")
 
 
 def run_labels(results_list: list[dict]) -> list[str]:
-    """Column label per run: the fingerprint (device, CPU, threads), made unique by date then index."""
-    labels = [_label(r.get("fingerprint") or r["device"]) for r in results_list]
+    """Column label per run: device, CPU, threads (devices.machine_label), made unique by date then index."""
+    labels = [_label(r) for r in results_list]
     for i, label in enumerate(labels):
         if labels.count(label) > 1:
             labels[i] = f"{label} @ {results_list[i].get('created_utc', NA)}"
