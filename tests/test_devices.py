@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -102,9 +103,10 @@ def test_sync_on_a_cpu_device_does_not_touch_cuda(monkeypatch):
 def _schema_machine_info_keys() -> set[str]:
     """The machine_info keys of the example in docs/results-schema.md (the documented contract)."""
     text = (REPO / "docs" / "results-schema.md").read_text(encoding="utf-8")
-    m = re.search(r'"machine_info":\s*(\{.*?\})', text, re.S)
+    m = re.search(r'"machine_info":\s*\{', text)
     assert m, "docs/results-schema.md has no machine_info example"
-    return set(json.loads(m.group(1)))
+    body = re.sub(r"//[^\n]*", "", text[m.end() - 1:])  # the example's comments are for the reader
+    return set(json.JSONDecoder().raw_decode(body)[0])
 
 
 def test_machine_info_keys_match_the_documented_schema():
@@ -128,8 +130,14 @@ def test_machine_info_on_cuda_names_the_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "NVIDIA H200")
     monkeypatch.setattr(torch.version, "cuda", "13.0")
     monkeypatch.setattr(devices, "_nvidia_driver", lambda: "580.65.06")
+    props = SimpleNamespace(name="NVIDIA H200", major=9, minor=0, total_memory=141 * 2**30, multi_processor_count=132)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i=0: props)
+    monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91002)
     info = machine_info(Device("cuda", "cuda"), threads=4)
     assert (info["gpu_name"], info["cuda_version"], info["gpu_driver"]) == ("NVIDIA H200", "13.0", "580.65.06")
+    assert info["gpu"]["compute_capability"] == "9.0" and info["gpu"]["cudnn"] == "91002"
+    assert "|sm=9.0|driver=580.65.06|cuda=13.0|cudnn=91002|" in fingerprint(Device("cuda", "cuda"), info)
     assert set(info) == _schema_machine_info_keys()
     check_value(info, RESULTS_FIELDS["machine_info"], "machine_info", "test", "fix it")
 
