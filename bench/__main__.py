@@ -5,6 +5,8 @@
     python -m bench report combine shard1.json shard2.json ... -o results.json
     python -m bench gate results.json [--baseline-dir baselines/] [--gate-config pyproject.toml]
     python -m bench compare A.json B.json [C.json ...] [--format text|md] [--fail-on slower,worse]
+    python -m bench history [--store reports/results] [-o reports/history.md] [--gate]
+    python -m bench history import FILE... [--store reports/results]
 
 Bad input (missing file, invalid JSON, results that must not be merged) prints
 ``error: <message>`` on stderr and exits 2, with nothing written.
@@ -15,6 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from compress.argtypes import positive_int
 from compress.errors import UserError
 from compress.fsutil import atomic_write_bytes
 
@@ -111,6 +114,51 @@ def _compare(args: argparse.Namespace) -> int:
     return status
 
 
+def _history(args: argparse.Namespace) -> int:
+    from bench.changepoints import DEFAULT_MIN_SIZE
+    from bench.history import build_series, find_changes, load_history, trend_failures
+    from bench.report.history import render_markdown, render_text
+    from bench.results import DEFAULT_CV_WARN
+
+    docs = load_history(args.store)
+    if args.match:
+        docs = [d for d in docs if any(args.match in x for x in (d["dataset"]["id"], d["fingerprint"]))]
+    if not docs:
+        raise UserError(f"{args.store}: no results files" + (f" matching {args.match!r}" if args.match else "")
+                        + "; run `pytest bench/` or import results with `python -m bench history import`")
+    series = build_series(docs)
+    changes = find_changes(series, alpha=args.alpha, permutations=args.permutations)
+    failures = trend_failures(changes, args.min_change, args.last_runs)
+    print(render_text(series, changes, failures))
+    if args.output is not None:
+        settings = {"alpha": args.alpha, "permutations": args.permutations, "min_size": DEFAULT_MIN_SIZE,
+                    "min_change": args.min_change, "last_runs": args.last_runs, "cv_limit": DEFAULT_CV_WARN}
+        print(_writing(args.output, lambda: render_markdown(series, changes, failures, args.output, settings)))
+    if args.gate and failures:
+        print(f"trend gate: {len(failures)} series slowed by {args.min_change:.0%} or more in the last "
+              f"{args.last_runs} runs")
+        return EXIT_REGRESSION
+    return 0
+
+
+def _history_import(args: argparse.Namespace) -> int:
+    from bench.history import import_results
+
+    for src, dst in import_results(args.results, args.store):
+        print(f"{src} -> {dst}" if dst else f"{src}: already in {args.store}")
+    return 0
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text}")
+    return v
+
+
 def _fail_on(text: str) -> set[str]:
     allowed = {"slower", "worse", "unmatched"}
     chosen = {t.strip() for t in text.split(",") if t.strip()}
@@ -182,6 +230,34 @@ def build_parser() -> argparse.ArgumentParser:
                      help="compare files of different datasets or checkpoints (latency only)")
     cmp.add_argument("--alpha", type=float, default=0.01, help="significance level (default: the gate's 0.01)")
     cmp.set_defaults(func=_compare)
+
+    from bench.changepoints import DEFAULT_ALPHA, DEFAULT_PERMUTATIONS
+    from bench.history import DEFAULT_LAST_RUNS, DEFAULT_MIN_CHANGE, DEFAULT_STORE
+
+    hist = commands.add_parser(
+        "history", help="every stored run as series per machine, data, item and shape; change points "
+                        "(E-Divisive means) and a trend gate (--gate: exit 1 on a recent slowdown)")
+    hist.add_argument("--store", type=Path, default=DEFAULT_STORE,
+                      help=f"folder of results files (default: {DEFAULT_STORE}/, where every run writes its copy)")
+    hist.add_argument("-o", "--output", type=Path, default=None,
+                      help="also write a markdown report here, with one PNG per changed series beside it")
+    hist.add_argument("--match", default=None, help="only runs whose dataset id or fingerprint contains this text")
+    hist.add_argument("--alpha", type=_fraction, default=DEFAULT_ALPHA, help="significance of a step (default 0.01)")
+    hist.add_argument("--permutations", type=positive_int, default=DEFAULT_PERMUTATIONS,
+                      help=f"reorderings in the permutation test (default {DEFAULT_PERMUTATIONS})")
+    hist.add_argument("--gate", action="store_true",
+                      help="exit 1 when a quiet series' in-run ratio got slower by --min-change within --last-runs")
+    hist.add_argument("--min-change", type=_fraction, default=DEFAULT_MIN_CHANGE,
+                      help=f"smallest slowdown the trend gate fails on (default {DEFAULT_MIN_CHANGE:g})")
+    hist.add_argument("--last-runs", type=positive_int, default=DEFAULT_LAST_RUNS,
+                      help=f"a step must start within this many latest runs of its series (default {DEFAULT_LAST_RUNS})")
+    hist.set_defaults(func=_history)
+    hist_commands = hist.add_subparsers(dest="history_command", metavar="ACTION")
+    imp = hist_commands.add_parser("import", help="copy validated results files (CI artifacts, other machines) "
+                                                  "into the store; files already there are skipped")
+    imp.add_argument("results", type=Path, nargs="+")
+    imp.add_argument("--store", type=Path, default=DEFAULT_STORE, help=f"default: {DEFAULT_STORE}/")
+    imp.set_defaults(func=_history_import)
     return parser
 
 
