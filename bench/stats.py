@@ -44,6 +44,22 @@ def latency_stats(samples_ms: Sequence[float]) -> dict[str, float]:
     }
 
 
+def quantile_upper_bound(samples_ms: Sequence[float], q: float = 0.90, confidence: float = 0.99) -> float | None:
+    """A distribution-free upper confidence bound on the q-th percentile, as MLPerf's early
+    stopping states its tail latency: the k-th smallest sample, with k the smallest index such
+    that at most k - 1 of n samples fall below the true percentile with probability >= confidence
+    (the count below it is Binomial(n, q)). None when n is too small for any sample to be such a
+    bound (99% on the 90th percentile needs n >= 44)."""
+    from scipy.stats import binom  # lazy, see mcnemar_p
+
+    arr = np.sort(_as_samples(samples_ms))
+    n = arr.size
+    k = int(binom.ppf(confidence, n, q)) + 1  # smallest k with P(Binomial(n, q) <= k - 1) >= confidence
+    while k > 1 and binom.cdf(k - 2, n, q) >= confidence:  # ppf rounding guard
+        k -= 1
+    return float(arr[k - 1]) if k <= n else None
+
+
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """Wilson score interval for a proportion k/n.
 

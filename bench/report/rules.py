@@ -163,12 +163,12 @@ def summary_frame(results: dict, budget_pp: float | None = None) -> pd.DataFrame
     """The headline table, numeric: one row per ok (variant, runtime) item, with its "good for" tags."""
     budget_pp = accuracy_budget(results)[0] if budget_pp is None else budget_pp
     df = items_frame(results)[["id", "variant", "runtime", "size_mb", "top1_pct", "ci_lo_pct", "ci_hi_pct",
-                               "delta_pp"]].copy()
+                               "delta_pp", "pct_of_fp32"]].copy()
     lat = latency_frame(results)
     tput = throughput_frame(results)
     for size in input_sizes(results):
         b1 = lat[(lat["batch_size"] == 1) & (lat["input_size"] == size)].set_index("id")
-        for col in ("p50_ms", "p90_ms", "speedup", "noisy"):
+        for col in ("p50_ms", "p90_ms", "p90_bound_ms", "speedup", "noisy"):
             df[f"{col}@{size}"] = df["id"].map(b1[col])
         at_size = tput[tput["input_size"] == size]
         if not at_size.empty:
