@@ -3,6 +3,7 @@
     python -m bench report render reports/cifar10-x86.json [-o reports/]
     python -m bench report merge a.json b.json -o docs/RESULTS.md [--claims] [--allow-mixed]
     python -m bench report combine shard1.json shard2.json ... -o results.json
+    python -m bench report html a.json [b.json ...] -o site/
     python -m bench gate results.json [--baseline-dir baselines/] [--gate-config pyproject.toml]
     python -m bench compare A.json B.json [C.json ...] [--format text|md] [--fail-on slower,worse]
     python -m bench history [--store reports/results] [-o reports/history.md] [--gate]
@@ -52,6 +53,15 @@ def _merge(args: argparse.Namespace) -> None:
         raise UserError(f"{args.output}: is a folder; -o takes the markdown file to write, e.g. docs/RESULTS.md")
     _writing(args.output, lambda: atomic_write_bytes(args.output, text.encode("utf-8")))
     print(args.output)
+
+
+def _html(args: argparse.Namespace) -> None:
+    from bench.report.html import write_html
+
+    if args.out_dir.exists() and not args.out_dir.is_dir():
+        raise UserError(f"{args.out_dir}: is a file; -o takes a folder for index.html")
+    results = [_load(p) for p in args.results]  # every file checked before anything is written
+    print(_writing(args.out_dir, lambda: write_html(results, args.out_dir, [str(p) for p in args.results])))
 
 
 def _combine(args: argparse.Namespace) -> None:
@@ -198,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--allow-mixed", action="store_true",
                        help="merge runs on different datasets/checkpoints into separate sections instead of refusing")
     merge.set_defaults(func=_merge)
+
+    page = report_commands.add_parser(
+        "html", help="one or more runs -> <out>/index.html: one self-contained page (no server, no network) with a "
+                     "sortable, filterable table and an accuracy-vs-latency chart that names each point on hover")
+    page.add_argument("results", type=Path, nargs="+", help="results JSON files")
+    page.add_argument("-o", "--out-dir", type=Path, default=Path("site"), help="folder for index.html (default: site/)")
+    page.set_defaults(func=_html)
 
     combine = report_commands.add_parser(
         "combine", help="the shards of one run (pytest bench/ --shard K/N) -> one results JSON file")
