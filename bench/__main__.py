@@ -61,7 +61,14 @@ def _html(args: argparse.Namespace) -> None:
     if args.out_dir.exists() and not args.out_dir.is_dir():
         raise UserError(f"{args.out_dir}: is a file; -o takes a folder for index.html")
     results = [_load(p) for p in args.results]  # every file checked before anything is written
-    print(_writing(args.out_dir, lambda: write_html(results, args.out_dir, [str(p) for p in args.results])))
+    history = None
+    if args.history is not None:
+        from bench.history import build_series, find_changes, load_history, trend_failures
+
+        series = build_series(load_history(args.history))
+        changes = find_changes(series)
+        history = (series, changes, trend_failures(changes))
+    print(_writing(args.out_dir, lambda: write_html(results, args.out_dir, [str(p) for p in args.results], history)))
 
 
 def _combine(args: argparse.Namespace) -> None:
@@ -214,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "sortable, filterable table and an accuracy-vs-latency chart that names each point on hover")
     page.add_argument("results", type=Path, nargs="+", help="results JSON files")
     page.add_argument("-o", "--out-dir", type=Path, default=Path("site"), help="folder for index.html (default: site/)")
+    page.add_argument("--history", type=Path, default=None,
+                      help="also show the change points and series of this history store (e.g. reports/results)")
     page.set_defaults(func=_html)
 
     combine = report_commands.add_parser(

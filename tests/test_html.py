@@ -134,3 +134,20 @@ def test_hovering_a_point_names_variant_runtime_latency_and_accuracy(browser, pa
     assert f"p50 {row['p50'].split()[0]} ms" in text and f"top-1 {row['top1']} %" in text and "[" in text
     shot = tmp_path / "page.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 20_000
+
+
+def test_the_history_of_a_store_is_shown_with_its_change_point(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from test_history import _runs, _store
+
+    store = _store(tmp_path, _runs(13, step_at=10))
+    out = tmp_path / "site"
+    assert main(["report", "html", str(RESULTS[1]), "-o", str(out), "--history", str(store)]) == 0
+    browser.get((out / "index.html").as_uri())
+    rows = [[td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+            for tr in browser.find_elements(By.CSS_SELECTOR, "#history-changes tbody tr")]
+    failing = [cells for cells in rows if cells[-1] == "FAIL"]
+    assert len(failing) == 1
+    assert failing[0][:2] == ["int8-static-onnxruntime-x86 224x224/b1", "ratio"] and "09cccccccccc" in failing[0][4]
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#history-series tbody tr")) == 2
+

@@ -157,7 +157,36 @@ renderTable();
 """
 
 
-def render_html(results_list: list[dict], sources: list[str] | None = None) -> str:
+def _history_section(history) -> str:
+    """The history store's change points and series (bench/history.py), as static tables."""
+    if history is None:
+        return ""
+    from .history import series_rows
+
+    series, changes, failures = history
+    esc = html.escape
+    change_rows = "".join(
+        f"<tr><td class=text>{esc(c.series.name)}</td><td class=text>{esc(c.metric)}</td>"
+        f"<td>{c.point.ratio:.3f}x</td><td>{c.point.p_value:.3f}</td>"
+        f"<td class=text>{esc((c.last_before.get('commit') or '?')[:12])} ({esc(c.last_before['created_utc'])}) .. "
+        f"{esc((c.first_after.get('commit') or '?')[:12])} ({esc(c.first_after['created_utc'])})</td>"
+        f"<td class=text>{'FAIL' if c in failures else ''}</td></tr>" for c in changes)
+    series_html = "".join(
+        f"<tr><td class=text>{esc(r['machine'])}</td><td class=text>{esc(r['dataset'])}</td><td class=text>{esc(r['item'])}</td>"
+        f"<td class=text>{esc(r['shape'])}</td><td>{r['runs']}</td><td>{r['ratio_median']:.3f}</td><td>{r['ratio_last']:.3f}</td>"
+        f"<td>{r['p50_median']:.2f}</td><td>{r['p50_last']:.2f}</td><td>{r['changes']}</td></tr>"
+        for r in series_rows(series, changes))
+    return f"""<h2>History</h2>
+<p class="meta">{len(series)} series from the history store; change points by E-Divisive means (python -m bench history).</p>
+<table id="history-changes"><thead><tr><th class=text>Series</th><th class=text>Metric</th><th>After / before</th><th>p</th>
+<th class=text>Starts between</th><th class=text>Trend gate</th></tr></thead><tbody>{change_rows}</tbody></table>
+<p></p><table id="history-series"><thead><tr><th class=text>Machine</th><th class=text>Dataset</th><th class=text>Item</th>
+<th class=text>Shape</th><th>Runs</th><th>Ratio median</th><th>Ratio last</th><th>p50 median ms</th><th>p50 last ms</th>
+<th>Change points</th></tr></thead><tbody>{series_html}</tbody></table>"""
+
+
+def render_html(results_list: list[dict], sources: list[str] | None = None, history=None) -> str:
+    """``history``: (series, changes, failures) from bench/history.py, shown below the items."""
     rows = page_rows(results_list)
     labels = run_labels(results_list)
     runs = "".join(f"<li>{html.escape(lbl)}: {html.escape(r['dataset'].get('name') or r['dataset']['id'])}, "
@@ -182,6 +211,7 @@ number is a measurement from them. Latency: batch 1 at the deployment shape; spe
 <div id="legend" class="legend"></div>
 <table id="items"><thead><tr></tr></thead><tbody></tbody></table>
 <div id="tip"></div>
+{_history_section(history)}
 <script type="application/json" id="data">{data}</script>
 <script type="application/json" id="columns">{cols}</script>
 <script>{_SCRIPT}</script>
@@ -189,10 +219,10 @@ number is a measurement from them. Latency: batch 1 at the deployment shape; spe
 """
 
 
-def write_html(results_list: list[dict], out_dir: Path, sources: list[str] | None = None) -> Path:
+def write_html(results_list: list[dict], out_dir: Path, sources: list[str] | None = None, history=None) -> Path:
     from compress.fsutil import atomic_write_bytes
 
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "index.html"
-    atomic_write_bytes(path, render_html(results_list, sources).encode("utf-8"))
+    atomic_write_bytes(path, render_html(results_list, sources, history).encode("utf-8"))
     return path
