@@ -9,24 +9,22 @@ def fail(msg: str):
     raise argparse.ArgumentTypeError(msg)
 
 
-def positive_int(s: str) -> int:
+def _int_at_least(s: str, minimum: int, expected: str) -> int:
     try:
         v = int(s)
     except ValueError:
-        fail(f"expected a positive integer, got {s!r}")
-    if v < 1:
-        fail(f"expected a positive integer, got {v}")
+        fail(f"expected {expected}, got {s!r}")
+    if v < minimum:
+        fail(f"expected {expected}, got {v}")
     return v
+
+
+def positive_int(s: str) -> int:
+    return _int_at_least(s, 1, "a positive integer")
 
 
 def nonneg_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        fail(f"expected an integer >= 0, got {s!r}")
-    if v < 0:
-        fail(f"expected an integer >= 0, got {v}")
-    return v
+    return _int_at_least(s, 0, "an integer >= 0")
 
 
 def nonneg_float(s: str) -> float:

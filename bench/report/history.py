@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..history import Change, Series
+from ..history import Change, Series, version_changes
 
 
 def _machines(series: list[Series]) -> dict[str, str]:
@@ -115,6 +115,4 @@ def render_markdown(series: list[Series], changes: list[Change], failures: list[
 
 
 def _versions(before: dict, after: dict) -> str:
-    from ..history import version_changes
-
     return version_changes(before.get("versions") or {}, after.get("versions") or {})
