@@ -86,6 +86,18 @@ class GateConfig:
     # Below this many samples per side a latency series is not judged: medians and ranks of a
     # handful of samples are dominated by warm-up and scheduler noise.
     min_samples: int = 20
+    # Confirming a slowdown below ratio_tolerance within one run (bench/history.py, RatioHistory).
+    # A ratio more than confirm_suspect_sd between-run standard deviations above the same series
+    # in the history store (at least confirm_min_runs earlier quiet runs) is measured again with
+    # confirm_rounds times the samples and time. It is "slower" when the prediction test on the
+    # new ratio gives p < confirm_alpha and it is at least 1 + confirm_min_change times the
+    # history's ratio. 0.1%: a run judges ~30 ratios, so a run raises a false "slower" ~3% of the
+    # time; 2 sd: ~2% of an unchanged run's ratios get measured again (a few seconds each).
+    confirm_alpha: float = 0.001
+    confirm_suspect_sd: float = 2.0
+    confirm_min_change: float = 0.05
+    confirm_rounds: int = 3
+    confirm_min_runs: int = 5
     # name -> {key: value}; applied by for_device / for_variant / for_item.
     devices: Mapping[str, Mapping[str, Any]] = field(default_factory=_no_overrides, hash=False)
     variants: Mapping[str, Mapping[str, Any]] = field(default_factory=_no_overrides, hash=False)
@@ -120,6 +132,11 @@ _BOUNDS: dict[str, tuple[type, float, float, bool]] = {
     "accuracy_tolerance_cross_machine_pp": (float, 0.0, 100.0, False),
     "accuracy_budget_pp": (float, 0.0, 100.0, False),
     "min_samples": (int, 2, 1_000_000, False),
+    "confirm_alpha": (float, 0.0, 1.0, True),
+    "confirm_suspect_sd": (float, 0.0, math.inf, False),
+    "confirm_min_change": (float, 0.0, math.inf, False),
+    "confirm_rounds": (int, 1, 100, False),
+    "confirm_min_runs": (int, 3, 1_000_000, False),
 }
 _OVERRIDE_KINDS = ("devices", "variants", "shapes")
 assert set(_BOUNDS) == {f.name for f in fields(GateConfig)} - {*_OVERRIDE_KINDS, "source"}

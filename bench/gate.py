@@ -32,6 +32,14 @@ latency_abs       only against a baseline from the same fingerprint. Regression 
                   (current > baseline) gives p < alpha. Slower beyond the limit without
                   significance is "not significant"; within the limit or faster is "ok".
                   Fewer than min_samples on either side: "not significant", not judged.
+latency_confirm   a slowdown too small for latency_ratio, confirmed within the run (the plugin
+                  measured the shape again when its ratio stood more than confirm_suspect_sd
+                  between-run sds above the same series' quiet history). "slower" iff the
+                  prediction test (bench/stats.py) on the final ratio against the history gives
+                  p < confirm_alpha and the ratio is at least 1 + confirm_min_change times the
+                  history's: a warning unless the run asked --latency-confirm fail. Otherwise "ok"
+                  (or "not significant" after a re-measurement), stating the smallest change one
+                  run confirms at that noise (80% power): the power of the single-run check.
 noisy             cv above cv_warn: a warning (verdict "noisy"), never a failure.
 size              regression iff the deployable file grew by more than size_tolerance.
 baseline          no stored item: "new"; stored item absent from the run: "missing". Whether
@@ -222,6 +230,34 @@ def check_latency_abs(item: dict, lat: dict, base_lat: dict, cfg: GateConfig) ->
                                       f"({_fmt_p(p)}, alpha {cfg.alpha:g})", p)
 
 
+def check_latency_confirm(item: dict, lat: dict, cfg: GateConfig) -> Finding | None:
+    from .history import RatioHistory
+
+    conf, ratio = lat.get("confirmation"), lat.get("ratio_to_reference")
+    if not conf or not ratio or ratio <= 0:
+        return None
+    hist = RatioHistory.from_confirmation(conf)
+    shape = shape_key(lat)
+    factor, p = ratio / hist.center, hist.p_value(ratio)
+    power = (f"one run confirms {hist.detectable_change(cfg.confirm_alpha):.0%} or more here "
+             f"(80% power, between-run sd {hist.sd_log:.1%})")
+    head = (f"{item_label(item)} latency {shape} ratio {ratio:.3f} vs {hist.center:.3f} over its "
+            f"last {hist.n_runs} runs: {_speed(factor)}")
+    again = (f", measured again with {conf['rounds_factor']}x the rounds (first read {conf['first_ratio']:.3f})"
+             if conf["remeasured"] and conf.get("first_ratio") is not None else "")
+
+    def finding(verdict: str, message: str) -> Finding:
+        return Finding(item["id"], "latency_confirm", shape, verdict, message, value=ratio,
+                       baseline=hist.center, limit=1 + cfg.confirm_min_change, p_value=p)
+
+    if p < cfg.confirm_alpha and factor >= 1 + cfg.confirm_min_change:
+        return finding("slower", f"{head} ({_fmt_p(p)}){again}; {power}")
+    if conf["remeasured"]:
+        return finding("not significant", f"{head}{again}, not confirmed ({_fmt_p(p)}, alpha "
+                                          f"{cfg.confirm_alpha:g}, at least {1 + cfg.confirm_min_change:.2f}x); {power}")
+    return finding("ok", f"{head}; {power}")
+
+
 def check_noisy(item: dict, lat: dict, cfg: GateConfig) -> Finding | None:
     if lat["cv"] <= cfg.cv_warn:
         return None
@@ -291,6 +327,7 @@ def check_item(item: dict, results: dict, baseline_entry: dict | None, other_ent
             continue
         lcfg = cfg.for_shape(lat["input_size"])
         findings.append(check_noisy(item, lat, lcfg))
+        findings.append(check_latency_confirm(item, lat, lcfg))  # against the history, not the baseline
         if base_item is None:
             continue
         same_lat = same_item["latency"].get(shape) if same_item else None
@@ -336,6 +373,7 @@ def run_gate(results: dict, store: BaselineStore, config: GateConfig) -> dict:
         # reading pyproject; per-variant budgets are each accuracy_budget finding's limit.
         "accuracy_budget_pp": config.accuracy_budget_pp,
         "cv_warn": config.cv_warn,
+        "confirm_alpha": config.confirm_alpha,
         "config_source": config.source,
         "findings": [f.to_dict() for f in findings],
     }
@@ -349,6 +387,7 @@ def format_summary(findings: Iterable[Finding | dict]) -> str:
     """Every regression on its own line, then one line of counts per verdict."""
     found = [_as_dict(f) for f in findings]
     lines = [f["message"] for f in found if f["verdict"] == "regression"]
+    lines += [f"confirmed slower than its history: {f['message']}" for f in found if f["verdict"] == "slower"]
     counts = Counter(f["verdict"] for f in found)
     tally = ", ".join(f"{counts[v]} {v}" for v in VERDICT_ORDER if counts[v])
     n_reg = counts["regression"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from compress.errors import UserError
 
 from .changepoints import DEFAULT_ALPHA, DEFAULT_MIN_SIZE, DEFAULT_PERMUTATIONS, ChangePoint, e_divisive
 from .results import DEFAULT_CV_WARN, is_reference, load_results, shape_key
+from .stats import detectable_shift, prediction_p_value
 
 DEFAULT_STORE = Path("reports") / "results"
 # The trend gate: a slowdown of at least this much (ratio of medians after/before the step)...
@@ -37,6 +39,9 @@ DEFAULT_MIN_CHANGE = 0.10
 # ...that starts within the last this-many runs of a series.
 DEFAULT_LAST_RUNS = 5
 METRICS = ("ratio", "p50_ms")
+# Confirming a suspicious ratio (RatioHistory) uses at most this many of a series' latest runs:
+# enough for a stable spread, recent enough to be the machine and code of today.
+CONFIRM_MAX_RUNS = 20
 
 
 @dataclass
@@ -126,6 +131,27 @@ def load_history(store: Path) -> list[dict]:
     return sorted(docs, key=lambda d: (d["created_utc"], d["_source"]))
 
 
+def machine_series(store: Path, fingerprint: str, dataset_id: str, checkpoint_sha256: str | None
+                   ) -> tuple[dict[tuple[str, str], Series], list[str]]:
+    """The series of one machine, data set and checkpoint in ``store``, by (item id, shape), and
+    a note for each file skipped. Unlike ``load_history`` (the history command, where a corrupt
+    file is an error), a benchmark run only consults the store: it skips an unreadable file and
+    names it rather than refusing to measure. No store: no series."""
+    docs, notes = [], []
+    for path in history_files(store) if store.is_dir() else []:
+        try:
+            doc = load_results(path)
+        except UserError as e:
+            notes.append(f"history: skipped {e}")
+            continue
+        doc["_source"] = str(path)
+        docs.append(doc)
+    docs.sort(key=lambda d: (d["created_utc"], d["_source"]))
+    wanted = (fingerprint, dataset_id, (checkpoint_sha256 or "")[:12])
+    return {(s.item_id, s.shape): s for s in build_series(docs)
+            if (s.fingerprint, s.dataset_id, s.checkpoint) == wanted}, notes
+
+
 def import_results(files: list[Path], store: Path) -> list[tuple[Path, Path | None]]:
     """Validate every file first, then copy each into ``store`` under a name from its dataset,
     device, start time and content hash: (source, written path or None when already there)."""
@@ -203,3 +229,69 @@ def trend_failures(changes: list[Change], min_change: float = DEFAULT_MIN_CHANGE
     return [c for c in changes
             if c.metric == "ratio" and c.series.quiet(cv_limit) and c.point.ratio >= 1 + min_change
             and c.point.index >= len(c.series.runs) - last_runs]
+
+
+# --- one series' noise, for confirming a suspicious ratio within a run -----------------------------
+
+@dataclass(frozen=True)
+class RatioHistory:
+    """The in-run ratios of one quiet series in earlier runs, on the log scale (a ratio's noise
+    is multiplicative): what the gate's confirmation step compares this run's ratio with."""
+    log_ratios: tuple[float, ...]
+    first_utc: str
+    last_utc: str
+
+    @property
+    def n_runs(self) -> int:
+        return len(self.log_ratios)
+
+    @property
+    def center(self) -> float:
+        """The history's typical ratio: exp of the mean log ratio."""
+        return float(np.exp(np.mean(self.log_ratios)))
+
+    @property
+    def sd_log(self) -> float:
+        """Between-run standard deviation of the log ratio (~ the relative spread)."""
+        return float(np.std(self.log_ratios, ddof=1))
+
+    def suspicious(self, ratio: float, sds: float) -> bool:
+        """More than ``sds`` between-run standard deviations above the history's mean."""
+        return math.log(ratio) - float(np.mean(self.log_ratios)) > sds * self.sd_log
+
+    def p_value(self, ratio: float) -> float:
+        return prediction_p_value(self.log_ratios, math.log(ratio))
+
+    def detectable_change(self, alpha: float, power: float = 0.8) -> float:
+        """The smallest slowdown (0.12 = 1.12x) one run confirms at ``alpha`` with ``power``."""
+        return math.expm1(detectable_shift(self.n_runs, self.sd_log, alpha, power))
+
+    def confirmation(self, rounds_factor: int, first_ratio: float | None) -> dict:
+        """The results' ``latency[].confirmation`` record of a measurement judged against this
+        history; ``rounds_factor`` > 1: a re-measurement, of a shape that first read ``first_ratio``."""
+        again = rounds_factor > 1
+        return {"history_ratios": [round(math.exp(x), 6) for x in self.log_ratios],
+                "history_first_utc": self.first_utc, "history_last_utc": self.last_utc, "remeasured": again,
+                "rounds_factor": rounds_factor, "first_ratio": first_ratio if again else None}
+
+    @classmethod
+    def from_confirmation(cls, conf: dict) -> RatioHistory:
+        return cls(tuple(math.log(r) for r in conf["history_ratios"]), conf["history_first_utc"],
+                   conf["history_last_utc"])
+
+
+def ratio_history(series: Series, min_runs: int, max_runs: int = CONFIRM_MAX_RUNS,
+                  cv_limit: float = DEFAULT_CV_WARN) -> RatioHistory | None:
+    """The last ``max_runs`` ratios of a quiet series, or None when it has fewer than
+    ``min_runs`` or is not quiet (a noisy series' spread says nothing about the next run). Runs
+    after the series' last change point only: a step in the window would inflate the spread and
+    shift the mean, and the new level is the one to compare with."""
+    runs = [r for r in series.runs if r["ratio"] is not None and r["ratio"] > 0][-max_runs:]
+    if len(runs) < min_runs or not Series(*series.key, runs=runs).quiet(cv_limit):
+        return None
+    steps = [c.point.index for c in find_changes([Series(*series.key, runs=runs)]) if c.metric == "ratio"]
+    if steps:
+        runs = runs[max(steps):]
+        if len(runs) < min_runs:
+            return None
+    return RatioHistory(tuple(math.log(r["ratio"]) for r in runs), runs[0]["created_utc"], runs[-1]["created_utc"])

@@ -103,6 +103,8 @@ class BenchOptions:
     gate: bool
     latency_gate: str = "fail"
     latency_retries: int = 2
+    latency_confirm: str = "report"
+    history_store: Path = Path("reports") / "results"
     gate_config: Path | None = None  # --gate-config: this file must exist
     project_root: Path | None = None  # pytest's rootdir: its pyproject.toml configures the gate if it has one
     # runtime name -> {option dest: value}: each runtime's own options (RuntimeOption)
@@ -168,6 +170,13 @@ def add_options(parser) -> None:
     g.addoption("--latency-retries", type=nonneg_int, default=2,
                 help="a latency item that regresses is measured again, up to this many times, and fails "
                      "only if the last measurement regresses too; every attempt is recorded (default 2, 0: never)")
+    g.addoption("--latency-confirm", default="report", choices=("report", "fail", "off"),
+                help="a latency ratio that stands out from the same series' earlier quiet runs in --history-store "
+                     "is measured again with more rounds; a confirmed slowdown is reported as 'slower' (default), "
+                     "fails its item (fail), or nothing is compared (off)")
+    g.addoption("--history-store", type=Path, default=None,
+                help="folder of earlier results files for --latency-confirm (default: REPORT_DIR/results, where "
+                     "every run is kept)")
     g.addoption("--shard", type=shard_spec, default=None,
                 help="K/N: measure only shard K of N of the (variant, runtime) matrix (fp32 eager in every "
                      "shard); each shard writes its own results file, `python -m bench report combine` joins them")
@@ -198,6 +207,8 @@ def read_options(config) -> BenchOptions:
         update_baselines=o("--update-baselines"), baseline_missing=o("--baseline-missing"),
         gate=not o("--no-gate"), latency_gate=o("--latency-gate"),
         latency_retries=o("--latency-retries"), gate_config=o("--gate-config"),
+        latency_confirm=o("--latency-confirm"),
+        history_store=o("--history-store") or (o("--report-dir") or root / "reports") / "results",
         project_root=root,
         runtime_options={rt.name: {opt.dest: o(opt.flag) for opt in rt.options} for rt in runtimes().values()},
         finetune_samples=o("--finetune-samples"), finetune_minutes=o("--finetune-minutes"),

@@ -6,6 +6,8 @@ which imports torch once (a few seconds) even for unrelated suites in the same e
 """
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from compress.errors import UserError
@@ -19,7 +21,7 @@ _ERRORS = pytest.StashKey[dict]()
 METRIC_CHECKS = {
     "test_size": {"size", "baseline", "status"},
     "test_accuracy": {"accuracy_stored", "accuracy_budget"},
-    "test_latency": {"latency_ratio", "latency_abs", "noisy", "baseline"},
+    "test_latency": {"latency_ratio", "latency_abs", "latency_confirm", "noisy", "baseline"},
 }
 
 
@@ -174,6 +176,35 @@ def _confirm_latency(bench_session, case, shape, findings: list[dict]) -> list[d
     return findings
 
 
+def _confirm_suspicious(bench_session, case, shape, findings: list[dict]) -> list[dict]:
+    """Measure a shape again, with more rounds, when its ratio stands out from the same series'
+    quiet history but is below the ratio limit: a real 10-15% slowdown hides inside the 25% limit,
+    and one reading that far out is either a slowdown or a bad few seconds. The re-measurement
+    (after the machine is quiet again) replaces the figure, and the gate's latency_confirm check
+    judges it against the history. Returns the findings on the final measurement."""
+    from .history import RatioHistory
+
+    if bench_session.opts.latency_confirm == "off" or any(f["verdict"] == "regression" for f in findings):
+        return findings
+    item = bench_session.item(case)
+    lat = next((e for e in item["latency"] if tuple(e["input_size"]) == tuple(shape)), None)
+    conf = (lat or {}).get("confirmation")
+    ratio = (lat or {}).get("ratio_to_reference")
+    if not conf or conf["remeasured"] or not ratio:
+        return findings
+    cfg = bench_session.gate_config.for_item(item).for_shape(shape)
+    hist = RatioHistory.from_confirmation(conf)
+    if not hist.suspicious(ratio, cfg.confirm_suspect_sd):
+        return findings
+    why = (f"ratio {ratio:.3f} stood {(math.log(ratio / hist.center)) / hist.sd_log:.1f} between-run sds above its "
+           f"last {hist.n_runs} runs ({hist.center:.3f}): measured again with {cfg.confirm_rounds}x the rounds")
+    quiet = bench_session.wait_until_quiet(case, shape)
+    bench_session.log(f"{case.id} {shape[0]}x{shape[1]}: {why}"
+                      + ("" if quiet is None else f", after {quiet['waited_s']:.1f}s for the machine to go quiet"))
+    bench_session.measure_latency(case, shape, discard_why=why, rounds_factor=cfg.confirm_rounds)
+    return _item_findings(bench_session, case, "test_latency", shape)
+
+
 def gate_item(bench_session, case, test_name: str, shape=None) -> None:
     """Compare what this item just measured with the baseline; fail the item on a regression."""
     if not bench_session.opts.gate or bench_session.opts.update_baselines:
@@ -181,7 +212,11 @@ def gate_item(bench_session, case, test_name: str, shape=None) -> None:
     mine = _item_findings(bench_session, case, test_name, shape)
     if test_name == "test_latency" and bench_session.opts.latency_gate != "report":
         mine = _confirm_latency(bench_session, case, shape, mine)
-    regressions = [f["message"] for f in mine if f["verdict"] == "regression"]
+    if test_name == "test_latency":
+        mine = _confirm_suspicious(bench_session, case, shape, mine)
+    confirmed_fails = bench_session.opts.latency_confirm == "fail"
+    regressions = [f["message"] for f in mine
+                   if f["verdict"] == "regression" or (f["verdict"] == "slower" and confirmed_fails)]
     if test_name == "test_latency" and bench_session.opts.latency_gate == "report":
         regressions = []  # --latency-gate report: still in the findings, summary and report; fails nothing
     new = [f for f in mine if f["verdict"] == "new"]

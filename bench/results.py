@@ -26,9 +26,9 @@ from .stats import unpack_bits
 SCHEMA_VERSION = 1
 KIND = "resnet-bench-results"
 STATUSES = ("ok", "skipped", "error")
-VERDICTS = ("ok", "regression", "not significant", "new", "missing", "noisy", "skipped")
+VERDICTS = ("ok", "regression", "slower", "not significant", "new", "missing", "noisy", "skipped")
 # Most severe first: how summaries count verdicts and how report tables sort findings.
-VERDICT_ORDER = ("regression", "noisy", "missing", "new", "not significant", "skipped", "ok")
+VERDICT_ORDER = ("regression", "slower", "noisy", "missing", "new", "not significant", "skipped", "ok")
 assert set(VERDICT_ORDER) == set(VERDICTS)
 # The in-run reference: every run measures it, every ratio and accuracy budget is relative to it.
 REFERENCE_VARIANT, REFERENCE_RUNTIME = "fp32", "eager"
@@ -241,6 +241,14 @@ _LATENCY = obj({
         "reference_p50_ms": optional(_MS), "ratio_to_reference": optional(number(**_NONNEG)),
         "why": string(),
     }))),
+    # This series' ratios in earlier runs of the history store, when it had enough quiet ones,
+    # and whether this shape was measured again because its ratio stood out (RatioHistory).
+    "confirmation": optional(obj({
+        "history_ratios": list_of(number(min_value=0), min_len=2),
+        "history_first_utc": string(), "history_last_utc": string(),
+        "remeasured": boolean(), "rounds_factor": integer(min_value=1),
+        "first_ratio": optional(number(**_NONNEG)),
+    })),
 })
 
 _THROUGHPUT = obj({
@@ -333,6 +341,7 @@ RESULTS_FIELDS: dict[str, Field] = {
         "fingerprint_rule": optional(string(choices=("exact", "legacy", "other"))),
         "accuracy_budget_pp": optional(number(min_value=0)),
         "cv_warn": optional(number(min_value=0)),
+        "confirm_alpha": optional(number(min_value=0, max_value=1)),
         "config_source": optional(string()),
         "findings": list_of(_FINDING),
     })),

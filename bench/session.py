@@ -29,7 +29,7 @@ from . import TORCH_PRELOADED, __version__, measure
 from .config import GateConfig, load_gate_config
 from .devices import Device, fingerprint, machine_info
 from .options import BenchOptions
-from .results import REFERENCE, SCHEMA_VERSION, in_shard
+from .results import REFERENCE, SCHEMA_VERSION, in_shard, shape_key
 from .runtimes import Handle, LoadRequest, get_runtime, runtimes
 
 EVAL_BATCH = 256
@@ -79,6 +79,8 @@ class BenchSession:
         self.log: Callable[[str], None] = lambda line: print(line, flush=True)
         self._baseline: tuple | None = None
         self._header: dict | None = None
+        self._history: dict[tuple, object] | None = None  # (item id, shape) -> history.Series of this machine
+        self.history_notes: list[str] = []
         self.gate_config = self._load_gate_config()  # thresholds parse at start-up: a typo fails before any build
         self.started_utc = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         torch.set_num_threads(opts.threads)
@@ -247,18 +249,21 @@ class BenchSession:
         return [h.prepare(x[i * batch:(i + 1) * batch]) for i in range(n)]
 
     def measure_latency(self, case: Case, size: tuple[int, int], benchmark=None,
-                        discard_why: str | None = None) -> dict:
+                        discard_why: str | None = None, rounds_factor: int = 1) -> dict:
         """Time ``case`` at ``size``, batch 1, interleaved with the fp32 eager reference. With
         ``benchmark`` (pytest-benchmark's fixture, usable once per item) its pedantic mode does the
         timing; without it, the same loop is timed here (a confirmation after a regression).
         ``discard_why``: this replaces an earlier measurement of the shape, which is kept, with the
-        reason, under ``discarded_attempts``."""
+        reason, under ``discarded_attempts``. ``rounds_factor``: that many times the samples and
+        time (confirming a suspicious ratio), recorded under ``confirmation``."""
         h = self.handle(case, shape=(*size, 1))
         ref_case = Case(*REFERENCE, case.device)
         is_ref = case == ref_case
         ref_h = None if is_ref else self.handle(ref_case)
-        spec = measure.LatencySpec(min_samples=self.opts.min_samples, min_time_s=self.opts.min_time_s,
-                                   floor_samples=min(30, self.opts.min_samples))
+        spec = measure.LatencySpec(min_samples=self.opts.min_samples * rounds_factor,
+                                   min_time_s=self.opts.min_time_s * rounds_factor,
+                                   floor_samples=min(30, self.opts.min_samples) * rounds_factor,
+                                   max_samples=measure.LatencySpec.max_samples * rounds_factor)
         rec = measure.measure_latency(
             benchmark if benchmark is not None else measure.SELF_TIMED, h.run,
             self.latency_inputs(case, size), self.device.sync, spec,
@@ -268,6 +273,10 @@ class BenchSession:
         if is_ref:
             rec.update(reference_samples_ms=None, reference_p50_ms=rec["p50_ms"], ratio_to_reference=1.0)
         item = self.item(case)
+        old_entry = next((e for e in item["latency"] if e["input_size"] == list(size)), None)
+        hist = None if is_ref else self.ratio_history(case, size)
+        if hist is not None:
+            rec["confirmation"] = hist.confirmation(rounds_factor, (old_entry or {}).get("ratio_to_reference"))
         if discard_why is not None:
             for old in (e for e in item["latency"] if e["input_size"] == list(size)):
                 rec["discarded_attempts"] = [*(old.get("discarded_attempts") or []), {
@@ -275,6 +284,21 @@ class BenchSession:
                     "ratio_to_reference": old.get("ratio_to_reference"), "why": discard_why}]
         item["latency"] = [e for e in item["latency"] if e["input_size"] != list(size)] + [rec]
         return rec
+
+    def ratio_history(self, case: Case, size: tuple[int, int]):
+        """This (item, shape)'s quiet history.RatioHistory on this machine, data and checkpoint in
+        ``--history-store`` (read once per run), or None: too few quiet runs, no store, no gate."""
+        if not self.opts.gate or self.opts.latency_confirm == "off" or self.opts.update_baselines:
+            return None
+        from . import history
+
+        if self._history is None:
+            head = self.header()
+            self._history, notes = history.machine_series(
+                self.opts.history_store, head["fingerprint"], head["dataset"]["id"], head["checkpoint"]["sha256"])
+            self.history_notes += notes
+        series = self._history.get((case.id, shape_key({"input_size": size, "batch_size": 1})))
+        return series and history.ratio_history(series, self.gate_config.confirm_min_runs, cv_limit=self.gate_config.cv_warn)
 
     def wait_until_quiet(self, case: Case, size: tuple[int, int]) -> dict | None:
         """Before measuring ``case`` again: wait until the fp32 eager reference runs about as fast
@@ -336,6 +360,7 @@ class BenchSession:
                         "torch_imported_before_bench": TORCH_PRELOADED,
                         "latency_block": measure.LatencySpec.block,
                         "latency_retries": self.opts.latency_retries,
+                        "latency_confirm": self.opts.latency_confirm,
                         "finetune_samples": self.opts.finetune_samples,
                         "finetune_minutes": self.opts.finetune_minutes, "cache_max_gb": self.opts.cache_max_gb,
                         "shard": list(self.opts.shard) if self.opts.shard else None},
@@ -413,7 +438,7 @@ class BenchSession:
                 stable.unlink(missing_ok=True)
             raise UserError(f"cannot write {e.filename or unique} ({e.strerror or e}); free space or fix the "
                             f"permissions of {self.opts.report_dir}, or pass --report-dir elsewhere") from None
-        lines = [f"results: {stable} (this run: {unique})"]
+        lines = [f"results: {stable} (this run: {unique})", *self.history_notes]
         if gate_error is not None:
             self.summary_lines = [*lines, f"error: the gate could not run: {gate_error}"]
             raise GateNotApplied(gate_error)

@@ -174,3 +174,35 @@ def ratio_of_ratios(a_ms: Sequence[float], a_ref_ms: Sequence[float], b_ms: Sequ
     tail = (1 - level) / 2 * 100
     lo, hi = np.percentile(boots, [tail, 100 - tail])
     return point, float(lo), float(hi)
+
+
+def prediction_p_value(history: Sequence[float], x: float) -> float:
+    """One-sided p-value that ``x`` is larger than the next draw of the process that produced
+    ``history`` would be: Student's t on the prediction error, (x - mean) / (sd * sqrt(1 + 1/n))
+    with n - 1 degrees of freedom (a normal process of unknown mean and variance). Needs n >= 2
+    and some spread; a history of identical values gives 1.0 for x at or below it and 0.0 above."""
+    h = _as_samples(history, "history")
+    if h.size < 2:
+        raise ValueError("history needs at least 2 values")
+    if not math.isfinite(x):
+        raise ValueError("x must be finite")
+    sd = float(h.std(ddof=1))
+    if sd == 0:
+        return 1.0 if x <= h[0] else 0.0
+    from scipy.stats import t  # lazy, see mcnemar_p
+
+    return float(t.sf((x - float(h.mean())) / (sd * math.sqrt(1 + 1 / h.size)), h.size - 1))
+
+
+def detectable_shift(n: int, sd: float, alpha: float, power: float = 0.8) -> float:
+    """The smallest upward shift of the next value that ``prediction_p_value`` on a history of
+    ``n`` values with standard deviation ``sd`` flags at ``alpha`` with probability ``power``
+    (the power statement: smaller real changes are more often missed than caught). Approximate:
+    central t quantiles stand in for the noncentral t, close enough from n = 5 on."""
+    if n < 2:
+        raise ValueError("n must be at least 2")
+    if sd < 0 or not 0 < alpha < 1 or not 0 < power < 1:
+        raise ValueError("need sd >= 0, 0 < alpha < 1 and 0 < power < 1")
+    from scipy.stats import t  # lazy, see mcnemar_p
+
+    return float((t.ppf(1 - alpha, n - 1) + t.ppf(power, n - 1)) * sd * math.sqrt(1 + 1 / n))

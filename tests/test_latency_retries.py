@@ -36,10 +36,10 @@ def slow_victim(monkeypatch):
     state = {"case": None, "left": 0}
     session_measure, timing = session.BenchSession.measure_latency, measure.measure_latency
 
-    def which_case(self, case, size, benchmark=None, discard_why=None):
+    def which_case(self, case, size, *args, **kwargs):
         state["case"] = case.id
         try:
-            return session_measure(self, case, size, benchmark, discard_why)
+            return session_measure(self, case, size, *args, **kwargs)
         finally:
             state["case"] = None
 

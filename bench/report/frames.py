@@ -192,6 +192,33 @@ def remeasured_frame(results: dict) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
+def confirm_frame(results: dict) -> pd.DataFrame:
+    """One row per latency shape compared with its history (``--latency-confirm``): the history's
+    ratio and spread, this run's ratio, the smallest change one run confirms at that spread
+    (at the gate's confirm_alpha, 80% power), whether it was measured again, and the verdict."""
+    from ..config import GateConfig
+    from ..history import RatioHistory
+
+    alpha = (results.get("gate") or {}).get("confirm_alpha", GateConfig.confirm_alpha)
+    verdicts = {(f.get("id"), f.get("shape")): f.get("verdict")
+                for f in (results.get("gate") or {}).get("findings") or [] if f.get("check") == "latency_confirm"}
+    rows = []
+    for it in _ok_items(results):
+        for lat in it.get("latency") or []:
+            conf, ratio = lat.get("confirmation"), lat.get("ratio_to_reference")
+            if not conf or not _present(ratio) or ratio <= 0:
+                continue
+            hist = RatioHistory.from_confirmation(conf)
+            shape = f"{shape_id(lat['input_size'])}/b{lat['batch_size']}"
+            rows.append({"id": it["id"], "input_size": shape_id(lat["input_size"]), "history_runs": hist.n_runs,
+                         "history_ratio": hist.center, "history_sd": hist.sd_log, "ratio_to_reference": ratio,
+                         "factor": ratio / hist.center, "detectable_change": hist.detectable_change(alpha),
+                         "remeasured": bool(conf["remeasured"]), "verdict": verdicts.get((it["id"], shape))})
+    cols = ["id", "input_size", "history_runs", "history_ratio", "history_sd", "ratio_to_reference", "factor",
+            "detectable_change", "remeasured", "verdict"]
+    return pd.DataFrame(rows, columns=cols)
+
+
 def noisy_frame(results: dict) -> pd.DataFrame:
     """The latency rows with cv above the run's cv_warn."""
     lat = latency_frame(results)
@@ -288,7 +315,7 @@ def verdict_text(finding: dict) -> str:
     value, baseline = finding.get("value"), finding.get("baseline")
     if "latency" in str(finding.get("check", "")) and _present(value) and _present(baseline) and baseline > 0:
         ratio = value / baseline
-        if verdict == "regression":
+        if verdict in ("regression", "slower"):
             return f"{ratio:.2f}x slower"
         if verdict in ("ok", "not significant"):
             return f"{verdict} ({ratio:.2f}x)"

@@ -21,6 +21,7 @@ from .frames import (
     _present,
     _reference_item,
     best_runtime_frame,
+    confirm_frame,
     gate_frame,
     input_sizes,
     latency_frame,
@@ -245,6 +246,19 @@ def _remeasured_table(df: pd.DataFrame) -> pd.DataFrame:
     })
 
 
+def _confirm_table(df: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "Item": df["id"], "Shape": df["input_size"], "Earlier runs": df["history_runs"],
+        "Their ratio": df["history_ratio"].map(lambda x: _f(x, ".3f")),
+        "Between-run sd": df["history_sd"].map(lambda x: _f(x, ".1%")),
+        "This run": df["ratio_to_reference"].map(lambda x: _f(x, ".3f")),
+        "Change": df["factor"].map(lambda x: _f(x, ".2f", "x")),
+        "One run confirms": df["detectable_change"].map(lambda x: f">= {x:.0%}"),
+        "Measured again": df["remeasured"].map(lambda b: "yes" if b else ""),
+        "Verdict": df["verdict"].fillna(NA),
+    })
+
+
 def _noisy_lines(results: dict) -> list[str]:
     noisy = noisy_frame(results)
     if noisy.empty:
@@ -372,11 +386,21 @@ def render_markdown(results: dict, plot_paths: dict[str, str] | None = None) -> 
         lines += [_md(_gate_table(gate)) if not gate.empty else "The gate ran and reported no findings.", ""]
 
     lines += [f"## Noisy samples (cv > {cv_warn(results):g})", "", *_noisy_lines(results), ""]
+    confirmed = confirm_frame(results)
+    if not confirmed.empty:
+        lines += ["## Against this machine's history", "",
+                  "Each ratio to the reference beside the same series' earlier quiet runs (--history-store). A ratio "
+                  "that stands out is measured again with more rounds; it is \"slower\" when the prediction test "
+                  "still puts it above the history. \"One run confirms\" is the power of that check: the "
+                  "smallest slowdown a single run confirms 80% of the time at this series' between-run spread; "
+                  "smaller ones are left to the trend gate (`python -m bench history --gate`).", "",
+                  _md(_confirm_table(confirmed)), ""]
     remeasured = remeasured_frame(results)
     if not remeasured.empty:
         lines += ["## Latencies measured again", "",
-                  "The gate found these regressed and measured them again (--latency-retries) after waiting for "
-                  "the machine to go quiet; the tables above show the last measurement, which the gate judged.", "",
+                  "The gate found these regressed (--latency-retries) or standing out from their history "
+                  "(--latency-confirm) and measured them again after waiting for the machine to go quiet; the "
+                  "tables above show the last measurement, which the gate judged.", "",
                   _md(_remeasured_table(remeasured)), ""]
     problems = problems_frame(results)
     lines += ["## Skipped and errored items", ""]
