@@ -8,6 +8,7 @@
     python -m bench compare A.json B.json [C.json ...] [--format text|md] [--fail-on slower,worse]
     python -m bench history [--store reports/results] [-o reports/history.md] [--gate]
     python -m bench history import FILE... [--store reports/results]
+    python -m bench search [--checkpoint ... --data-root ...] --runtime openvino --budget-pp 1.0 [-o recipe.json]
 
 Bad input (missing file, invalid JSON, results that must not be merged) prints
 ``error: <message>`` on stderr and exits 2, with nothing written.
@@ -18,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from compress.argtypes import positive_int
+from compress.argtypes import fraction, positive_int
 from compress.errors import UserError
 from compress.fsutil import atomic_write_bytes
 
@@ -63,11 +64,9 @@ def _html(args: argparse.Namespace) -> None:
     results = [_load(p) for p in args.results]  # every file checked before anything is written
     history = None
     if args.history is not None:
-        from bench.history import build_series, find_changes, load_history, trend_failures
+        from bench.history import analyse, load_history
 
-        series = build_series(load_history(args.history))
-        changes = find_changes(series)
-        history = (series, changes, trend_failures(changes))
+        history = analyse(load_history(args.history))
     print(_writing(args.out_dir, lambda: write_html(results, args.out_dir, [str(p) for p in args.results], history)))
 
 
@@ -133,7 +132,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _history(args: argparse.Namespace) -> int:
     from bench.changepoints import DEFAULT_MIN_SIZE
-    from bench.history import build_series, find_changes, load_history, trend_failures
+    from bench.history import analyse, load_history
     from bench.report.history import render_markdown, render_text
     from bench.results import DEFAULT_CV_WARN
 
@@ -143,9 +142,7 @@ def _history(args: argparse.Namespace) -> int:
     if not docs:
         raise UserError(f"{args.store}: no results files" + (f" matching {args.match!r}" if args.match else "")
                         + "; run `pytest bench/` or import results with `python -m bench history import`")
-    series = build_series(docs)
-    changes = find_changes(series, alpha=args.alpha, permutations=args.permutations)
-    failures = trend_failures(changes, args.min_change, args.last_runs)
+    series, changes, failures = analyse(docs, args.alpha, args.permutations, args.min_change, args.last_runs)
     print(render_text(series, changes, failures))
     if args.output is not None:
         settings = {"alpha": args.alpha, "permutations": args.permutations, "min_size": DEFAULT_MIN_SIZE,
@@ -164,16 +161,6 @@ def _history_import(args: argparse.Namespace) -> int:
     for src, dst in import_results(args.results, args.store):
         print(f"{src} -> {dst}" if dst else f"{src}: already in {args.store}")
     return 0
-
-
-def _fraction(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < v < 1:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text}")
-    return v
 
 
 def _fail_on(text: str) -> set[str]:
@@ -268,12 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
     hist.add_argument("-o", "--output", type=Path, default=None,
                       help="also write a markdown report here, with one PNG per changed series beside it")
     hist.add_argument("--match", default=None, help="only runs whose dataset id or fingerprint contains this text")
-    hist.add_argument("--alpha", type=_fraction, default=DEFAULT_ALPHA, help="significance of a step (default 0.01)")
+    hist.add_argument("--alpha", type=fraction, default=DEFAULT_ALPHA, help="significance of a step (default 0.01)")
     hist.add_argument("--permutations", type=positive_int, default=DEFAULT_PERMUTATIONS,
                       help=f"reorderings in the permutation test (default {DEFAULT_PERMUTATIONS})")
     hist.add_argument("--gate", action="store_true",
                       help="exit 1 when a quiet series' in-run ratio got slower by --min-change within --last-runs")
-    hist.add_argument("--min-change", type=_fraction, default=DEFAULT_MIN_CHANGE,
+    hist.add_argument("--min-change", type=fraction, default=DEFAULT_MIN_CHANGE,
                       help=f"smallest slowdown the trend gate fails on (default {DEFAULT_MIN_CHANGE:g})")
     hist.add_argument("--last-runs", type=positive_int, default=DEFAULT_LAST_RUNS,
                       help=f"a step must start within this many latest runs of its series (default {DEFAULT_LAST_RUNS})")
@@ -284,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("results", type=Path, nargs="+")
     imp.add_argument("--store", type=Path, default=DEFAULT_STORE, help=f"default: {DEFAULT_STORE}/")
     imp.set_defaults(func=_history_import)
+
+    from bench.search import add_search_parser
+
+    add_search_parser(commands)
     return parser
 
 

@@ -231,6 +231,16 @@ def trend_failures(changes: list[Change], min_change: float = DEFAULT_MIN_CHANGE
             and c.point.index >= len(c.series.runs) - last_runs]
 
 
+def analyse(docs: list[dict], alpha: float = DEFAULT_ALPHA, permutations: int = DEFAULT_PERMUTATIONS,
+            min_change: float = DEFAULT_MIN_CHANGE, last_runs: int = DEFAULT_LAST_RUNS
+            ) -> tuple[list[Series], list[Change], list[Change]]:
+    """Series, their change points and the trend gate's failures: the one pipeline the history
+    command and the HTML view both show."""
+    series = build_series(docs)
+    changes = find_changes(series, alpha=alpha, permutations=permutations)
+    return series, changes, trend_failures(changes, min_change, last_runs)
+
+
 # --- one series' noise, for confirming a suspicious ratio within a run -----------------------------
 
 @dataclass(frozen=True)

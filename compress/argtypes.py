@@ -37,6 +37,17 @@ def nonneg_float(s: str) -> float:
     return v
 
 
+def fraction(s: str) -> float:
+    """A number strictly between 0 and 1 (a significance level, a relative change)."""
+    try:
+        v = float(s)
+    except ValueError:
+        fail(f"expected a number, got {s!r}")
+    if not 0 < v < 1:
+        fail(f"expected a number between 0 and 1, got {s}")
+    return v
+
+
 def positive_float(s: str) -> float:
     v = nonneg_float(s)
     if v <= 0:
