@@ -112,6 +112,7 @@ class BenchOptions:
     finetune_samples: int | None = None
     finetune_minutes: float | None = None
     eval_split: str | None = None
+    validation_samples: int | None = None
     cache_max_gb: float = DEFAULT_CACHE_MAX_GB
     shard: tuple[int, int] | None = None
 
@@ -146,6 +147,9 @@ def add_options(parser) -> None:
                 help="stop each fine-tune after this many minutes (recorded; not reproducible across machines)")
     g.addoption("--eval-split", default=None,
                 help="imagefolder: the evaluation folder (default: test/, else val/ as in ImageNet's layout)")
+    g.addoption("--validation-samples", type=positive_int, default=None,
+                help="score on this many train images held out (stratified), fine-tune and calibrate on the rest: "
+                     "where choices are made (python -m bench search); the test split only reports")
     g.addoption("--cache-max-gb", type=nonneg_float, default=DEFAULT_CACHE_MAX_GB,
                 help="imagefolder: decoded images kept in the cache per run; larger subsets are streamed "
                      f"(default {DEFAULT_CACHE_MAX_GB:g}; 0 streams everything)")
@@ -212,4 +216,5 @@ def read_options(config) -> BenchOptions:
         project_root=root,
         runtime_options={rt.name: {opt.dest: o(opt.flag) for opt in rt.options} for rt in runtimes().values()},
         finetune_samples=o("--finetune-samples"), finetune_minutes=o("--finetune-minutes"),
-        eval_split=o("--eval-split"), cache_max_gb=o("--cache-max-gb"), shard=o("--shard"))
+        eval_split=o("--eval-split"), cache_max_gb=o("--cache-max-gb"), shard=o("--shard"),
+        validation_samples=o("--validation-samples"))

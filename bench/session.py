@@ -137,7 +137,7 @@ class BenchSession:
                                 train_device="cuda" if self.device.kind == "cuda" else "cpu",
                                 log=self.log, finetune_samples=o.finetune_samples,
                                 finetune_minutes=o.finetune_minutes, eval_split=o.eval_split,
-                                cache_max_gb=o.cache_max_gb)
+                                cache_max_gb=o.cache_max_gb, validation_samples=o.validation_samples)
         self.eval = self.ctx.dataset.eval_split(o.eval_samples)
         if o.gate:
             from .baselines import BaselineStore
@@ -403,7 +403,8 @@ class BenchSession:
         if o.dataset != "digits":
             parts.append(f"--dataset {o.dataset}")
         for flag, val in (("--data-root", o.data_root), ("--checkpoint", o.checkpoint), ("--card", o.card),
-                          ("--eval-samples", o.eval_samples), ("--eval-split", o.eval_split)):
+                          ("--eval-samples", o.eval_samples), ("--eval-split", o.eval_split),
+                          ("--validation-samples", o.validation_samples)):
             if val is not None:
                 parts.append(f"{flag} {val}")
         if o.threads != (os.cpu_count() or 1):

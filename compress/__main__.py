@@ -42,12 +42,19 @@ def cmd_build(args) -> int:
     from .context import open_context
     from .registry import list_variants
 
+    if args.recipe_file is not None:
+        from .recipefile import load_recipe_file
+
+        doc = load_recipe_file(args.recipe_file)
+        if args.finetune_epochs is None:
+            args.finetune_epochs = doc["finetune_epochs"]
+        args.variant = doc["variant"]
     names = list_variants(args.variant.split(","))
     ctx = open_context(args.dataset, args.data_root, args.checkpoint, args.card, args.cache_dir, args.artifact_dir,
                        args.eval_samples, args.calib_samples, args.finetune_epochs, args.download, args.train_device,
                        log=lambda s: print(s, file=sys.stderr, flush=True), finetune_samples=args.finetune_samples,
                        finetune_minutes=args.finetune_minutes, eval_split=args.eval_split,
-                       cache_max_gb=args.cache_max_gb)
+                       cache_max_gb=args.cache_max_gb, validation_samples=args.validation_samples)
     arts, models = [], {}
     for n in names:
         arts.append(build_variant(n, ctx, force=args.force, _models=models))
@@ -119,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--finetune-minutes", type=positive_float,
                    help="stop each fine-tune after this many minutes (recorded; not reproducible across machines)")
     p.add_argument("--train-device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--validation-samples", type=positive_int,
+                   help="score on this many train images held out (stratified), fine-tune and calibrate on the "
+                        "rest: where choices are made; the test split only reports")
+    p.add_argument("--recipe-file", type=Path,
+                   help="build the variant a search chose (python -m bench search -o FILE), with its fine-tune length; "
+                        "instead of --variant")
     p.add_argument("--force", action="store_true", help="rebuild even when nothing changed")
     p.set_defaults(func=cmd_build)
 

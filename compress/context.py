@@ -22,6 +22,7 @@ from .data import (
     load_dataset,
     load_digits,
     refuse_cache_inside,
+    validation_view,
 )
 from .errors import UserError
 from .fsutil import READ_ONLY_CACHE, atomic_write_bytes, atomic_write_json, sha256_file, writable
@@ -112,7 +113,7 @@ def open_context(dataset: str = "digits", data_root: str | Path | None = None, c
                  eval_samples: int | None = None, calib_samples: int = 512, finetune_epochs: float | None = None,
                  download: bool = False, train_device: str = "cpu", log=print, *, finetune_samples: int | None = None,
                  finetune_minutes: float | None = None, eval_split: str | None = None,
-                 cache_max_gb: float = DEFAULT_CACHE_MAX_GB) -> BuildContext:
+                 cache_max_gb: float = DEFAULT_CACHE_MAX_GB, validation_samples: int | None = None) -> BuildContext:
     # Inputs are checked before anything is created: a wrong path leaves no cache behind.
     if checkpoint is None and dataset != "digits":
         raise UserError(f"--dataset {dataset} needs --checkpoint PATH (the embedded model is for digits only)")
@@ -133,6 +134,8 @@ def open_context(dataset: str = "digits", data_root: str | Path | None = None, c
     ds = load_dataset(dataset, model_card.input_size, data_root, cache_root, download, model_card.transform,
                       eval_split=eval_split, cache_max_gb=cache_max_gb)
     check_classes(model_card, ds)
+    if validation_samples is not None:
+        ds = validation_view(ds, validation_samples)
     # Validate early: a bad value fails before any build starts.
     if eval_samples is not None:
         ds.eval_split(eval_samples)

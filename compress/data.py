@@ -97,6 +97,27 @@ class Dataset:
         return self._subset("finetune", self.train, 2, n)
 
 
+# The seed of the validation split's stratified order: its own, so it is not the calibration or
+# fine-tune subset's prefix.
+VALIDATION_SEED = 3
+
+
+def validation_view(ds: Dataset, n: int) -> Dataset:
+    """``ds`` with ``n`` train images held out (a fixed stratified subset) as its evaluation split
+    and the rest as its train split, so fine-tuning and calibration never see them. Every choice
+    tuned by scoring (stage ratios, epochs, which variant wins) is made on this view; the test
+    split only reports. Its id names the hold-out, so its artifacts and results are its own."""
+    if not 1 <= n < len(ds.train):
+        raise UserError(f"--validation-samples {n} is out of range: the {ds.name} train split has {len(ds.train)} "
+                        f"images; hold out from 1 to {len(ds.train) - 1} (a tenth is usual)")
+    order = stratified_order(ds.train.labels, VALIDATION_SEED)
+    held, rest = np.sort(order[:n]), np.sort(order[n:])
+    return Dataset(name=f"{ds.name} validation", id=f"{ds.id}-val{n}", classes=ds.classes,
+                   train=ds.train.take(rest), test=ds.train.take(held),
+                   source=f"{ds.source}; evaluation: {n} images held out of train (stratified, seed {VALIDATION_SEED})",
+                   budget=ds.budget)
+
+
 def stratified_order(labels: torch.Tensor, seed: int) -> np.ndarray:
     """A fixed order whose every prefix is as close to class-balanced as possible:
     shuffle within each class, then deal the classes round-robin."""

@@ -132,6 +132,23 @@ register(_struct_recipe(re.fullmatch(STRUCT, "prune-struct-0.5")))
 register(_struct_int8_recipe(re.fullmatch(STRUCT_INT8, "prune-struct-0.5+int8")))
 
 
+def _stages_recipe(m) -> Recipe:
+    """prune-stages-A-B-C-D: A of the channels of the stem and layer1 (one residual stream), B of
+    layer2, C of layer3, D of layer4; the family ``python -m bench search`` explores."""
+    ratios = [float(g) for g in m.groups()]
+    if not all(0.0 <= r < 1.0 for r in ratios) or not any(ratios):
+        raise UserError(f"prune-stages ratios must be from 0 to below 1 and not all 0, got {', '.join(m.groups())}")
+    stages = {f"layer{i}": r for i, r in zip((2, 3, 4), ratios[1:]) if r != ratios[0]}
+    return _channel_pruned(m.string, f"channels removed per stage (Torch-Pruning, L1, round_to 8): {ratios[0]:.0%} of "
+                           f"stem and layer1, {ratios[1]:.0%} / {ratios[2]:.0%} / {ratios[3]:.0%} of layers 2 / 3 / 4",
+                           {"ratio": ratios[0], "stage_ratios": stages})
+
+
+STAGES = r"prune-stages-(0\.\d+)-(0\.\d+)-(0\.\d+)-(0\.\d+)"
+register_family(STAGES, _stages_recipe)
+register_family(STAGES + r"\+int8", lambda m: _pruned_int8(m.string.removesuffix("+int8"), "a searched edge target"))
+
+
 # Stage-wise ratios, chosen by measurement on the CIFAR-10 reference (docs/PERFORMANCE.md): at a
 # 32x32 input layer4 sees 1x1 maps yet holds 75% of the parameters, while the widths of the stem
 # and layers 1-3 decide most of the accuracy lost.
