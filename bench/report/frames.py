@@ -21,6 +21,7 @@ from ..results import (
     cv_warn,
     is_reference,
     shape_id,
+    shape_key,
 )
 from ..stats import quantile_upper_bound
 
@@ -209,7 +210,7 @@ def confirm_frame(results: dict) -> pd.DataFrame:
             if not conf or not _present(ratio) or ratio <= 0:
                 continue
             hist = RatioHistory.from_confirmation(conf)
-            shape = f"{shape_id(lat['input_size'])}/b{lat['batch_size']}"
+            shape = shape_key(lat)
             rows.append({"id": it["id"], "input_size": shape_id(lat["input_size"]), "history_runs": hist.n_runs,
                          "history_ratio": hist.center, "history_sd": hist.sd_log, "ratio_to_reference": ratio,
                          "factor": ratio / hist.center, "detectable_change": hist.detectable_change(alpha),
