@@ -19,6 +19,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+import pandas as pd
 import pytest
 
 from bench import report
@@ -170,14 +171,35 @@ def test_each_variant_is_compared_on_its_fastest_runtime_with_the_fastest_fp32(x
     df = report.best_runtime_frame(x86, "224x224").set_index("variant")
     lat = report.latency_frame(x86)
     b1 = lat[(lat["batch_size"] == 1) & (lat["input_size"] == "224x224")]
-    bar = b1[b1["variant"] == "fp32"]["p50_ms"].min()  # fp32 on its fastest runtime, not eager
+    # Every row has its ratio to the interleaved reference: fastest and speedup come from those.
+    assert df.attrs["by_ratio"]
+    bar = b1[b1["variant"] == "fp32"]["ratio_to_reference"].min()  # fp32 on its fastest runtime, not eager
     for variant, row in df.iterrows():
-        mine = b1[b1["variant"] == variant]
-        assert row["p50_ms"] == mine["p50_ms"].min()
-        assert row["runtime"] == mine.sort_values("p50_ms")["runtime"].iloc[0]
-        assert row["speedup_vs_fastest_fp32"] == pytest.approx(bar / row["p50_ms"])
-    assert df.loc["fp32", "speedup_vs_fastest_fp32"] == pytest.approx(1.0)
+        mine = b1[b1["variant"] == variant].sort_values("ratio_to_reference")
+        assert row["runtime"] == mine["runtime"].iloc[0] and row["p50_ms"] == mine["p50_ms"].iloc[0]
+        assert row["speedup_vs_fastest_fp32"] == pytest.approx(bar / mine["ratio_to_reference"].iloc[0], rel=0.02)
+        if variant != "fp32":
+            assert row["speedup_lo"] <= row["speedup_vs_fastest_fp32"] <= row["speedup_hi"]
+    assert df.loc["fp32", "speedup_vs_fastest_fp32"] == 1.0 and pd.isna(df.loc["fp32", "speedup_lo"])
     assert report.best_runtime_frame(x86, "999x999").empty
+
+
+def test_without_interleaved_ratios_the_fastest_runtime_falls_back_to_raw_medians(x86):
+    import copy
+
+    bare = copy.deepcopy(x86)
+    for it in bare["items"]:
+        for lat in it.get("latency") or []:
+            lat["ratio_to_reference"] = None
+    df = report.best_runtime_frame(bare, "224x224").set_index("variant")
+    assert not df.attrs["by_ratio"] and df["speedup_lo"].isna().all()
+    lat = report.latency_frame(bare)
+    b1 = lat[(lat["batch_size"] == 1) & (lat["input_size"] == "224x224")]
+    bar = b1[b1["variant"] == "fp32"]["p50_ms"].min()
+    for variant, row in df.iterrows():
+        assert row["p50_ms"] == b1[b1["variant"] == variant]["p50_ms"].min()
+        assert row["speedup_vs_fastest_fp32"] == pytest.approx(bar / row["p50_ms"])
+    assert "Medians of separate items" in report.render_markdown(bare)
 
 
 def test_which_runtime_wins_uses_in_run_ratios_and_says_when_it_is_a_tie(x86):
