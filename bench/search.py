@@ -2,7 +2,7 @@
 a validation split of the user's own model and data and timed on the user's target runtime.
 
 A candidate is a ``prune-stages-A-B-C-D`` variant (compress/recipes.py: A of the stem and layer1
-channels removed, B, C, D of layers 2, 3, 4), float and ``+int8``. Each one is measured by the
+channels removed, B, C, D of layers 2, 3, 4) at one fine-tune length, float and ``+int8``. Each one is measured by the
 harness itself (``pytest bench/`` in a subprocess, ``--no-gate``), on the validation view
 (``--validation-samples``: images held out of train, never fine-tuned or calibrated on), with
 fp32 on the target runtime in the same run: its speedup is the ratio of the two in-run ratios to
@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from compress.errors import UserError
@@ -81,6 +81,7 @@ class Row:
     latency_ms_p50: float
     speedup: float  # fp32 on the same runtime in the same run, over this (ratio of in-run ratios)
     size_bytes: int
+    finetune_epochs: float | None = None  # the candidate's fine-tune length; None: the recipe's own
 
 
 def parse_grid(spec: str) -> list[tuple[float, ...]]:
@@ -123,7 +124,7 @@ def _top1(results: dict, variant: str, runtime: str) -> float:
     return it["accuracy"]["top1"]
 
 
-def rows_from_results(results: dict, runtime: str) -> list[Row]:
+def rows_from_results(results: dict, runtime: str, finetune_epochs: float | None = None) -> list[Row]:
     """The target runtime's rows of one candidate run: every non-fp32 item against fp32 there."""
     by_id = {it["id"]: it for it in results["items"] if it["status"] == "ok"}
     fp32 = next((it for it in by_id.values() if it["variant"] == "fp32" and it["runtime"] == runtime), None)
@@ -137,7 +138,8 @@ def rows_from_results(results: dict, runtime: str) -> list[Row]:
         lat = it["latency"][0]
         top1 = it["accuracy"]["top1"]
         rows.append(Row(it["variant"], runtime, top1, round(100 * (fp32["accuracy"]["top1"] - top1), 4),
-                        lat["p50_ms"], fp32_ratio / lat["ratio_to_reference"], int(it["size_bytes"] or 0)))
+                        lat["p50_ms"], fp32_ratio / lat["ratio_to_reference"], int(it["size_bytes"] or 0),
+                        finetune_epochs))
     return rows
 
 
@@ -169,7 +171,7 @@ class SearchSpec:
     runtime: str
     input_size: int
     validation_samples: int
-    finetune_epochs: float | None
+    finetune_epochs: float | None  # one candidate run's fine-tune length (run_search varies it)
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
@@ -209,7 +211,7 @@ def _cached(folder: Path, key: str) -> dict | None:
         return None
 
 
-def _measured(spec: SearchSpec, variant: str, work_dir: Path, runner, log, what: str) -> dict:
+def _measured(spec: SearchSpec, variant: str, work_dir: Path, runner, log, what: str, label: str = "") -> dict:
     """One harness run's results, from the cache or measured now."""
     from compress.fsutil import atomic_write_bytes
 
@@ -219,12 +221,12 @@ def _measured(spec: SearchSpec, variant: str, work_dir: Path, runner, log, what:
     folder = work_dir / f"{variant}-{key[:8]}"
     found = _cached(folder, key)
     if found is not None:
-        log(f"{what} {variant}: reused from {folder}")
+        log(f"{what} {variant}{label}: reused from {folder}")
         return found
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("*.json"):
         old.unlink()  # a damaged or foreign result is replaced, never read
-    log(f"{what} {variant}: measuring")
+    log(f"{what} {variant}{label}: measuring")
     rc = runner(candidate_args(spec, variant, folder), folder / "harness.log")
     files = sorted(p for p in folder.glob("*.json") if p.is_file())
     if rc != 0 or len(files) != 1:
@@ -235,23 +237,33 @@ def _measured(spec: SearchSpec, variant: str, work_dir: Path, runner, log, what:
 
 
 def run_search(spec: SearchSpec, candidates: list[tuple[float, ...]], work_dir: Path, budget: Budget,
-               log: Callable[[str], None] = print, runner: Callable[[list[str], Path], int] = run_harness
-               ) -> tuple[list[Row], dict]:
-    """Measure every candidate (reusing finished runs), logging progress. Returns all rows and
-    fp32's top-1 on the validation images."""
+               log: Callable[[str], None] = print, runner: Callable[[list[str], Path], int] = run_harness,
+               finetune_lengths: Sequence[float | None] | None = None) -> tuple[list[Row], dict]:
+    """Measure every candidate, each allocation at each fine-tune length (default: the spec's
+    one), reusing finished runs and logging progress. Returns all rows and fp32's top-1 on the
+    validation images."""
+    lengths = list(finetune_lengths) if finetune_lengths else [spec.finetune_epochs]
+    runs = [(ratios, epochs) for ratios in candidates for epochs in lengths]
     t0 = time.monotonic()
     rows: list[Row] = []
     fp32_top1 = None
-    for i, ratios in enumerate(candidates, 1):
-        results = _measured(spec, variant_name(ratios), work_dir, runner, log,
-                            f"candidate {i}/{len(candidates)} (elapsed {time.monotonic() - t0:.0f}s)")
-        rows += rows_from_results(results, spec.runtime)
+    for i, (ratios, epochs) in enumerate(runs, 1):
+        one = replace(spec, finetune_epochs=epochs)  # its own key: each length is its own cached run
+        label = f" at {epochs:g} fine-tune epochs" if len(lengths) > 1 else ""
+        results = _measured(one, variant_name(ratios), work_dir, runner, log,
+                            f"candidate {i}/{len(runs)} (elapsed {time.monotonic() - t0:.0f}s)", label)
+        rows += rows_from_results(results, spec.runtime, epochs)
         fp32_top1 = _top1(results, "fp32", spec.runtime)
         best, _ = choose(rows, budget)
         log(f"  elapsed {time.monotonic() - t0:.0f}s; best within budget so far: "
-            + (f"{best.variant} {best.latency_ms_p50:.2f} ms ({best.speedup:.2f}x fp32), drop {best.drop_pp:.2f} pp"
+            + (f"{best.variant}{_epochs_text(best)} {best.latency_ms_p50:.2f} ms ({best.speedup:.2f}x fp32), "
+               f"drop {best.drop_pp:.2f} pp"
                if best else "none"))
     return rows, fp32_top1
+
+
+def _epochs_text(row: Row) -> str:
+    return "" if row.finetune_epochs is None else f" ({row.finetune_epochs:g} ep)"
 
 
 def seen_warning(fp32_val_top1: float | None, card_metrics: dict) -> str | None:
@@ -272,17 +284,18 @@ def seen_warning(fp32_val_top1: float | None, card_metrics: dict) -> str | None:
 def table(rows: Sequence[Row], budget: Budget, chosen: Row | None = None) -> str:
     from tabulate import tabulate
 
-    out = [[("* " if r == chosen else "") + r.variant, r.runtime, f"{100 * r.top1:.2f}", f"{r.drop_pp:+.2f}",
+    out = [[("* " if r == chosen else "") + r.variant, r.runtime,
+            "recipe's" if r.finetune_epochs is None else f"{r.finetune_epochs:g}", f"{100 * r.top1:.2f}", f"{r.drop_pp:+.2f}",
             f"{r.latency_ms_p50:.2f}", f"{r.speedup:.2f}x", f"{r.size_bytes / 1e6:.2f}",
             "; ".join(budget.misses(r)) or "within"] for r in rows]
-    return tabulate(out, ["variant", "runtime", "top-1 val %", "drop pp", "p50 ms", "vs fp32", "size MB", "budget"],
+    return tabulate(out, ["variant", "runtime", "fine-tune ep", "top-1 val %", "drop pp", "p50 ms", "vs fp32", "size MB", "budget"],
                     disable_numparse=True)
 
 
 def recipe_document(chosen: Row, spec: SearchSpec, budget: Budget, rows: Sequence[Row], front: Sequence[Row],
                     fp32_top1: float | None) -> dict:
     return {"kind": RECIPE_FILE_KIND, "version": RECIPE_FILE_VERSION, "variant": chosen.variant,
-            "finetune_epochs": spec.finetune_epochs,
+            "finetune_epochs": chosen.finetune_epochs,
             "chosen_on": {"split": "validation", "validation_samples": spec.validation_samples,
                           "harness_args": list(spec.harness_args), "runtime": spec.runtime,
                           "input_size": spec.input_size, "budget": asdict(budget), "fp32_top1": fp32_top1},
@@ -292,7 +305,7 @@ def recipe_document(chosen: Row, spec: SearchSpec, budget: Budget, rows: Sequenc
 # --- the command ---------------------------------------------------------------------------------------
 
 def add_search_parser(commands) -> None:
-    from compress.argtypes import nonneg_float, positive_float, positive_int
+    from compress.argtypes import nonneg_float, nonneg_float_list, positive_float, positive_int
     from compress.data import DATASETS
 
     p = commands.add_parser(
@@ -310,8 +323,9 @@ def add_search_parser(commands) -> None:
                    help="train images held out for scoring (default: a tenth of train, at most 5000)")
     p.add_argument("--grid", default=DEFAULT_GRID,
                    help=f"ratios of channels removed per stage, stem+layer1/layer2/layer3/layer4 (default {DEFAULT_GRID})")
-    p.add_argument("--finetune-epochs", type=nonneg_float, default=None,
-                   help="fine-tune length of every candidate (default: the pruned recipes' own)")
+    p.add_argument("--finetune-epochs", type=nonneg_float_list, default=None,
+                   help="fine-tune lengths to try, comma-separated, each with every allocation (e.g. 2,6; "
+                        "default: the pruned recipes' own)")
     p.add_argument("--budget-pp", type=nonneg_float, default=1.0, help="largest top-1 drop vs fp32, points (default 1)")
     p.add_argument("--max-latency-ms", type=positive_float, default=None, help="p50 at batch 1 on the target runtime")
     p.add_argument("--max-size-mb", type=positive_float, default=None, help="deployable file size, MB = 10^6 bytes")
@@ -348,14 +362,16 @@ def main_search(args) -> int:
 
     validation_view(ctx.dataset, n_val)  # range check
     budget = Budget(args.budget_pp, args.max_latency_ms, args.max_size_mb)
-    spec = SearchSpec(_source_args(args), args.runtime, args.input_size, n_val, args.finetune_epochs)
+    lengths = args.finetune_epochs or (None,)
+    spec = SearchSpec(_source_args(args), args.runtime, args.input_size, n_val, lengths[0])
     output = args.output or args.work_dir / "chosen-recipe.json"
     if output.is_dir():
         raise UserError(f"{output}: is a folder; -o takes the recipe file to write")
-    print(f"search: {len(candidates)} candidates x (float, int8) on {args.runtime} at {args.input_size}x{args.input_size}, "
+    print(f"search: {len(candidates) * len(lengths)} candidates ({len(candidates)} allocations x {len(lengths)} fine-tune "
+          f"length{'s' if len(lengths) > 1 else ''}) x (float, int8) on {args.runtime} at {args.input_size}x{args.input_size}, "
           f"scored on {n_val} train images held out (never fine-tuned on); the test split is not read", flush=True)
     rows, fp32_top1 = run_search(spec, candidates, args.work_dir, budget, log=lambda s: print(s, flush=True),
-                                 runner=run_harness)
+                                 runner=run_harness, finetune_lengths=lengths)
     seen = seen_warning(fp32_top1, ctx.card.metrics)
     if seen:
         print(seen)
@@ -369,14 +385,14 @@ def main_search(args) -> int:
         print("\nno candidate meets the budget; the closest:")
         print(table(closest, budget))
         print(f"\nnothing written: widen the budget (--budget-pp, --max-latency-ms, --max-size-mb) or try "
-              f"less pruned stages (--grid, now {args.grid})")
+              f"less pruned stages (--grid, now {args.grid}) or longer fine-tunes (--finetune-epochs)")
         return EXIT_NO_CANDIDATE
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(output, recipe_document(chosen, spec, budget, rows, front, fp32_top1))
     except OSError as e:
         raise UserError(f"{output}: cannot write ({e.strerror or e})") from None
-    print(f"\nchosen: {chosen.variant} on {chosen.runtime}: {chosen.speedup:.2f}x fp32, drop {chosen.drop_pp:.2f} pp "
+    print(f"\nchosen: {chosen.variant}{_epochs_text(chosen)} on {chosen.runtime}: {chosen.speedup:.2f}x fp32, drop {chosen.drop_pp:.2f} pp "
           f"(validation), {chosen.size_bytes / 1e6:.2f} MB -> {output}")
     source = [a for a in spec.harness_args if a not in ("--device", "cpu")]
     if "--threads" in source:

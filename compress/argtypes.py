@@ -37,6 +37,14 @@ def nonneg_float(s: str) -> float:
     return v
 
 
+def nonneg_float_list(s: str) -> tuple[float, ...]:
+    """"2,6" -> (2.0, 6.0): one or more numbers >= 0, comma-separated, sorted, duplicates dropped."""
+    parts = [x.strip() for x in s.split(",")]
+    if not s.strip() or not all(parts):
+        fail(f"expected numbers >= 0 separated by commas, got {s!r}")
+    return tuple(sorted({nonneg_float(x) for x in parts}))
+
+
 def fraction(s: str) -> float:
     """A number strictly between 0 and 1 (a significance level, a relative change)."""
     try:

@@ -55,8 +55,10 @@ def test_variant_names_resolve_to_the_stage_family():
     assert name == "prune-stages-0.3-0.3-0.3-0.65"
     r = get_recipe(name)
     assert r.params == {"round_to": 8, "ratio": 0.3, "stage_ratios": {"layer4": 0.65}}
-    # The stage-wise variant chosen earlier is this family's member, with the same pruning.
+    # The former edge target keeps its name on request, with exactly this member's pruning, and
+    # leaves the default matrix to the frontier allocation the search chose.
     assert r.params == get_recipe("prune-struct-stagewise").params
+    assert get_recipe("prune-struct-stagewise+int8").parent == "prune-struct-stagewise"
     assert search.variant_name((0.0, 0.25, 0.5, 0.125)) == "prune-stages-0.0-0.25-0.5-0.125"
     assert get_recipe("prune-stages-0.0-0.25-0.5-0.5+int8").parent == "prune-stages-0.0-0.25-0.5-0.5"
 
@@ -127,7 +129,9 @@ class FakeHarness:
         variant = args[args.index("--variant") + 1].split(",")[1]
         out = Path(args[args.index("--report-dir") + 1]) / "digits-x86.json"
         pruned = sum(float(x) for x in variant.removeprefix("prune-stages-").split("-"))
-        lost = round(4 * (pruned - 1.7))  # 0-2 images: the most pruned candidate loses most
+        epochs = float(args[args.index("--finetune-epochs") + 1]) if "--finetune-epochs" in args else 0.5
+        # 0-2 images: the most pruned candidate loses most; a fine-tune of 1 epoch or more wins 2 back
+        lost = max(0, round(4 * (pruned - 1.7)) - (2 if epochs >= 1 else 0))
         doc = _results(variant, ms=8.0 - 3 * pruned, int8_ms=3.0 - pruned, correct=(341, 341 - lost, 340 - lost))
         out.write_text(json.dumps(doc))
         return 0
@@ -168,6 +172,23 @@ def test_a_damaged_or_foreign_cache_entry_is_measured_again_never_read(tmp_path)
     assert len(fake.calls) == 3
 
 
+def test_fine_tune_lengths_are_a_dimension_each_cached_on_its_own_and_the_chosen_one_is_written(tmp_path):
+    fake, lines = FakeHarness(), []
+    cands = [(0.5, 0.5, 0.5, 0.65)]
+    rows, _ = search.run_search(SPEC, cands, tmp_path, search.Budget(0.3), log=lines.append, runner=fake,
+                                finetune_lengths=[0.5, 2.0])
+    assert len(fake.calls) == 2 and len({p.name for p in tmp_path.iterdir()}) == 2
+    assert [c[c.index("--finetune-epochs") + 1] for c in fake.calls] == ["0.5", "2.0"]
+    assert any(ln.endswith("prune-stages-0.5-0.5-0.5-0.65 at 2 fine-tune epochs: measuring") for ln in lines)
+    assert {r.finetune_epochs for r in rows} == {0.5, 2.0}
+    chosen, _ = search.choose(rows, search.Budget(0.3))
+    assert chosen.finetune_epochs == 2.0  # only the longer fine-tune is within 0.3 pp
+    doc = search.recipe_document(chosen, SPEC, search.Budget(0.3), rows, search.pareto(rows), 341 / 360)
+    assert doc["finetune_epochs"] == 2.0
+    search.run_search(SPEC, cands, tmp_path, search.Budget(0.3), log=lines.append, runner=fake, finetune_lengths=[2.0])
+    assert len(fake.calls) == 2  # the 2-epoch run is reused by a search that tries only that length
+
+
 def test_a_failed_candidate_run_names_its_log(tmp_path):
     with pytest.raises(UserError, match="prune-stages-0.5-0.5-0.5-0.65: the harness run failed .* its log: .*harness.log"):
         search.run_search(SPEC, [(0.5, 0.5, 0.5, 0.65)], tmp_path, search.Budget(1.0), log=lambda s: None,
@@ -205,6 +226,16 @@ def test_bad_input_is_one_line_before_any_candidate_runs(extra, words, tmp_path,
     rc = bench_main(["search", "--checkpoint", str(checkpoint), "--work-dir", str(tmp_path), *extra])
     err = capsys.readouterr().err
     assert rc == 2 and words in err and "Traceback" not in err and fake.calls == []
+
+
+@pytest.mark.parametrize("value, words", [("2,-1", "expected a finite number >= 0, got -1"),
+                                          ("2,,6", "expected numbers >= 0 separated by commas")])
+def test_a_bad_fine_tune_list_is_a_usage_error(value, words, tmp_path, monkeypatch, capsys, checkpoint):
+    fake = FakeHarness()
+    monkeypatch.setattr(search, "run_harness", fake)
+    with pytest.raises(SystemExit) as e:
+        bench_main(["search", "--checkpoint", str(checkpoint), "--work-dir", str(tmp_path), "--finetune-epochs", value])
+    assert e.value.code == 2 and words in capsys.readouterr().err and fake.calls == []
 
 
 @pytest.mark.parametrize("text, words", [
@@ -285,3 +316,12 @@ def test_a_checkpoint_that_has_seen_the_validation_images_is_named():
     assert "9.3 pp above" in text and "conservative" in text
     assert search.seen_warning(0.85, {"top1_test": 0.8398}) is None  # within 2 pp: no claim
     assert search.seen_warning(0.95, {}) is None and search.seen_warning(None, {"top1": 0.8}) is None
+
+
+def test_the_default_matrix_has_the_frontier_allocation_and_not_the_test_split_choice():
+    from compress.registry import list_variants
+
+    names = list_variants()
+    assert {"prune-stages-0.2-0.3-0.3-0.9", "prune-stages-0.2-0.3-0.3-0.9+int8"} <= set(names)
+    assert not any("stagewise" in n for n in names)
+    assert "validation" in get_recipe("prune-stages-0.2-0.3-0.3-0.9+int8").summary
