@@ -32,8 +32,8 @@ settings.load_profile("deterministic")
 INPUT = (32, 32)
 DEFAULT_ENGINE = torch.backends.quantized.engine  # int8 builds switch it; tests put it back
 ALL_VARIANTS = ("fp32", "prune-l1-20", "prune-global-30", "prune-struct-0.5", "int8-dynamic", "int8-static",
-                "int8-static-arm", "fp16", "prune-struct-0.5+int8", "prune-struct-stagewise",
-                "prune-struct-stagewise+int8")
+                "int8-static-arm", "fp16", "prune-struct-0.5+int8", "prune-stages-0.2-0.3-0.3-0.9",
+                "prune-stages-0.2-0.3-0.3-0.9+int8")
 
 
 def make_card(classes, input_size=INPUT, mean=(0.25,) * 3, std=(0.35,) * 3) -> ModelCard:

@@ -24,8 +24,8 @@ from compress.registry import get_recipe, lineage
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-STATIC = {"int8-static", "int8-static-arm", "prune-struct-0.5+int8", "prune-struct-stagewise+int8"}
-STRUCT = {"prune-struct-0.5", "prune-struct-0.5+int8", "prune-struct-stagewise", "prune-struct-stagewise+int8"}
+STATIC = {"int8-static", "int8-static-arm", "prune-struct-0.5+int8", "prune-stages-0.2-0.3-0.3-0.9+int8"}
+STRUCT = {"prune-struct-0.5", "prune-struct-0.5+int8", "prune-stages-0.2-0.3-0.3-0.9", "prune-stages-0.2-0.3-0.3-0.9+int8"}
 
 
 def copy_variants(built, names, root: Path, log=None, **changes):
@@ -122,7 +122,7 @@ def test_weights_are_stored_as_data_never_as_a_pickled_module(name, files, fmt, 
 
 def test_only_float_models_are_kept_in_memory_for_children(built):
     assert set(built.float_models) == {"fp32", "prune-l1-20", "prune-global-30", "prune-struct-0.5", "fp16",
-                                       "prune-struct-stagewise"}
+                                       "prune-stages-0.2-0.3-0.3-0.9"}
 
 
 # ---------------------------------------------------------------- rebuild only when an input changed

@@ -478,7 +478,7 @@ def test_config_missing_project_file_means_builtin_defaults(tmp_path):
 def test_config_of_this_repository_is_valid_and_has_its_overrides():
     c = load_gate_config(REPO / "pyproject.toml")
     assert c.source == str(REPO / "pyproject.toml")
-    assert "32x32" in c.shapes and "prune-struct-stagewise+int8" in c.variants
+    assert "32x32" in c.shapes and "prune-stages-0.2-0.3-0.3-0.9+int8" in c.variants
 
 
 toml_values = st.recursive(

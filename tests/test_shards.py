@@ -16,7 +16,7 @@ from bench.shards import combine_shards
 from compress.errors import UserError
 
 VARIANTS = ["fp32", "prune-l1-20", "prune-global-30", "int8-dynamic", "int8-static", "prune-struct-0.5",
-            "prune-struct-0.5+int8", "prune-struct-stagewise", "prune-struct-stagewise+int8"]
+            "prune-struct-0.5+int8", "prune-stages-0.2-0.3-0.3-0.9", "prune-stages-0.2-0.3-0.3-0.9+int8"]
 RUNTIMES = ["eager", "torchscript", "onnxruntime"]
 PAIRS = list(itertools.product(VARIANTS, RUNTIMES))
 

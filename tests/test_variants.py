@@ -90,16 +90,17 @@ def test_prune_struct_removes_channels_in_multiples_of_8(reloaded):
     assert reloaded("prune-struct-0.5").fc.out_features == 10  # the classifier keeps every class
 
 
-def test_stagewise_pruning_keeps_its_stage_widths(built, reloaded):
-    pruned = convs(reloaded("prune-struct-stagewise"))
-    # 30% off 64/128/256 and 65% off 512, each rounded to a multiple of 8.
+def test_frontier_pruning_keeps_its_stage_widths(built, reloaded):
+    pruned = convs(reloaded("prune-stages-0.2-0.3-0.3-0.9"))
+    # 20% off 64, 30% off 128 and 256, 90% off 512; each width rounded down to a multiple of 8.
     widths = {stage: pruned[f"{stage}.0.conv1"].out_channels for stage in ("layer1", "layer2", "layer3", "layer4")}
-    assert widths == {"layer1": 40, "layer2": 88, "layer3": 176, "layer4": 176}
-    assert pruned["conv1"].out_channels == 40  # the stem is tied to layer1 by the residual additions
-    m, uniform = manifest(built, "prune-struct-stagewise"), manifest(built, "prune-struct-0.5")
-    assert m["parameters"] < uniform["parameters"] and uniform["macs"] < m["macs"] < 0.4 * manifest(built, "fp32")["macs"]
-    assert torch.equal(outputs(reloaded("prune-struct-stagewise"), built),
-                       outputs(built.float_models["prune-struct-stagewise"], built))
+    assert widths == {"layer1": 48, "layer2": 88, "layer3": 176, "layer4": 48}
+    assert pruned["conv1"].out_channels == 48  # the stem is tied to layer1 by the residual additions
+    m, uniform = manifest(built, "prune-stages-0.2-0.3-0.3-0.9"), manifest(built, "prune-struct-0.5")
+    # layer4 holds most parameters, layers 1-3 most of the MACs at 32x32
+    assert m["parameters"] < 0.6 * uniform["parameters"] and uniform["macs"] < m["macs"] < 0.5 * manifest(built, "fp32")["macs"]
+    assert torch.equal(outputs(reloaded("prune-stages-0.2-0.3-0.3-0.9"), built),
+                       outputs(built.float_models["prune-stages-0.2-0.3-0.3-0.9"], built))
 
 
 def test_prune_struct_has_a_quarter_of_the_parameters_and_fewer_macs(built, reloaded):
@@ -141,7 +142,7 @@ def test_prune_struct_int8_inherits_the_pruned_architecture(built, reloaded):
 # ---------------------------------------------------------------- static int8
 STATIC_INT8 = [("int8-static", "fp32", "x86"), ("int8-static-arm", "fp32", "qnnpack"),
                ("prune-struct-0.5+int8", "prune-struct-0.5", "x86"),
-               ("prune-struct-stagewise+int8", "prune-struct-stagewise", "x86")]
+               ("prune-stages-0.2-0.3-0.3-0.9+int8", "prune-stages-0.2-0.3-0.3-0.9", "x86")]
 
 
 @pytest.mark.parametrize("name,parent,backend", STATIC_INT8)
@@ -246,16 +247,17 @@ def test_list_variants_has_every_builtin_with_parents_before_children():
 
 
 @pytest.mark.parametrize("pattern,expected", [
-    ("prune-*", {"prune-l1-20", "prune-global-30", "prune-struct-0.5", "prune-struct-0.5+int8"}),
+    ("prune-*", {"prune-l1-20", "prune-global-30", "prune-struct-0.5", "prune-struct-0.5+int8",
+                 "prune-stages-0.2-0.3-0.3-0.9", "prune-stages-0.2-0.3-0.3-0.9+int8"}),
     ("int8-*", {"int8-dynamic", "int8-static", "int8-static-arm"}),
     (["fp32", "fp16"], {"fp32", "fp16"}),
-    ("*+int8", {"prune-struct-0.5+int8"}),
+    ("*+int8", {"prune-struct-0.5+int8", "prune-stages-0.2-0.3-0.3-0.9+int8"}),
 ])
 def test_list_variants_glob_patterns(pattern, expected, isolated_registry):
     names = list_variants(pattern)
     assert expected <= set(names)
     # Only family members registered on demand (prune-struct-0.3 ...) may come on top.
-    assert set(names) - expected <= {n for n in registry._REGISTRY if n.startswith("prune-struct-")}
+    assert set(names) - expected <= {n for n in registry._REGISTRY if n.startswith(("prune-struct-", "prune-stages-"))}
 
 
 def test_list_variants_without_a_match_is_a_user_error():
