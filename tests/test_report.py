@@ -185,8 +185,6 @@ def test_each_variant_is_compared_on_its_fastest_runtime_with_the_fastest_fp32(x
 
 
 def test_without_interleaved_ratios_the_fastest_runtime_falls_back_to_raw_medians(x86):
-    import copy
-
     bare = copy.deepcopy(x86)
     for it in bare["items"]:
         for lat in it.get("latency") or []:

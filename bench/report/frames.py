@@ -226,6 +226,16 @@ def noisy_frame(results: dict) -> pd.DataFrame:
     return lat[lat["noisy"].astype(bool)].reset_index(drop=True)
 
 
+def _slower_by(a: pd.Series, b: pd.Series) -> tuple[float, float, float]:
+    """(point, low, high): how much slower latency row ``b`` is than row ``a``, each divided by the
+    fp32-eager reference it was interleaved with (stats.ratio_of_ratios). The reference item has
+    no separate reference samples: it is its own."""
+    from ..stats import ratio_of_ratios
+
+    return ratio_of_ratios(a["samples_ms"], a["reference_samples_ms"] or a["samples_ms"],
+                           b["samples_ms"], b["reference_samples_ms"] or b["samples_ms"])
+
+
 def best_runtime_frame(results: dict, input_size: str) -> pd.DataFrame:
     """Per variant, its fastest runtime at batch 1 and ``input_size``, against the fastest fp32
     runtime of the same run (the bar a compressed model has to beat, not fp32 eager).
@@ -234,8 +244,6 @@ def best_runtime_frame(results: dict, input_size: str) -> pd.DataFrame:
     where every row has its ratio to the interleaved fp32-eager reference, "fastest" and the
     speedup come from those ratios (the ratio of the two in-run ratios, with a bootstrap 95%
     interval), as the frontier search ranks candidates. Otherwise raw medians, and the frame says so."""
-    from ..stats import ratio_of_ratios
-
     lat = latency_frame(results)
     b1 = lat[(lat["batch_size"] == 1) & (lat["input_size"] == input_size)]
     fp32 = b1[b1["variant"] == REFERENCE_VARIANT]
@@ -252,9 +260,7 @@ def best_runtime_frame(results: dict, input_size: str) -> pd.DataFrame:
         if best["id"] == bar["id"]:
             point, lo, hi = 1.0, None, None  # the bar itself
         elif by_ratio:
-            # The reference item has no separate reference samples: it is its own.
-            point, lo, hi = ratio_of_ratios(best["samples_ms"], best["reference_samples_ms"] or best["samples_ms"],
-                                            bar["samples_ms"], bar["reference_samples_ms"] or bar["samples_ms"])
+            point, lo, hi = _slower_by(best, bar)
         else:
             point, lo, hi = bar["p50_ms"] / best["p50_ms"], None, None
         rows.append({"variant": variant, "runtime": best["runtime"], "p50_ms": best["p50_ms"],
@@ -278,8 +284,6 @@ def runtime_wins_frame(results: dict, input_size: str) -> pd.DataFrame:
     interval. ``clear`` only when the interval excludes a tie and the margin is beyond the
     between-run spread of such ratios (QUIET_RATIO_SPREAD, or NOISY_RATIO_SPREAD if either
     series is noisy)."""
-    from ..stats import ratio_of_ratios
-
     lat = latency_frame(results)
     b1 = lat[(lat["batch_size"] == 1) & (lat["input_size"] == input_size)]
     rows = []
@@ -288,9 +292,7 @@ def runtime_wins_frame(results: dict, input_size: str) -> pd.DataFrame:
         if len(mine) < 2 or mine["ratio_to_reference"].isna().any():
             continue
         win, second = mine.iloc[0], mine.iloc[1]
-        # The reference item has no separate reference samples: it is its own.
-        point, lo, hi = ratio_of_ratios(win["samples_ms"], win["reference_samples_ms"] or win["samples_ms"],
-                                        second["samples_ms"], second["reference_samples_ms"] or second["samples_ms"])
+        point, lo, hi = _slower_by(win, second)
         noisy = bool(win["noisy"]) or bool(second["noisy"])
         floor = 1 + (NOISY_RATIO_SPREAD if noisy else QUIET_RATIO_SPREAD)
         rows.append({"variant": variant, "winner": win["runtime"], "winner_p50_ms": win["p50_ms"],
