@@ -161,13 +161,13 @@ register(_pruned_int8(FRONTIER, "the edge target, chosen on a validation split")
 
 # prune-struct-stagewise (30% of stem and layers 1-3, 65% of layer4) was the edge target before the
 # search; its ratios were chosen by scoring the test split, so it left the default matrix. The name
-# still builds exactly prune-stages-0.3-0.3-0.3-0.65's pruning, on request.
+# still builds prune-stages-0.3-0.3-0.3-0.65's recipe under its own name, on request.
 def _stagewise_recipe(m) -> Recipe:
     if m.group(1):
         return _pruned_int8("prune-struct-stagewise", "the former edge target")
-    return _channel_pruned("prune-struct-stagewise", "channels removed per stage (Torch-Pruning, L1, round_to 8): "
-                           "30% of stem and layers 1-3, 65% of layer4 (chosen on the test split; see "
-                           f"{FRONTIER})", {"ratio": 0.3, "stage_ratios": {"layer4": 0.65}})
+    member = _stages_recipe(re.fullmatch(STAGES, "prune-stages-0.3-0.3-0.3-0.65"))
+    return replace(member, name="prune-struct-stagewise",
+                   summary=f"{member.summary} (chosen on the test split; see {FRONTIER})")
 
 
 register_family(r"prune-struct-stagewise(\+int8)?", _stagewise_recipe)
